@@ -1,0 +1,204 @@
+"""Few-step samplers as MDP policies: trajectories with per-step log-probs, and their recomputation.
+
+`LCMPolicy` is the RLCM policy: each LCMScheduler step is a Gaussian action
+    x' ~ N(sqrt(a') * denoised, (1 - a') I),   denoised = c_out * x0_hat + c_skip * x_t
+(step 7 of `LCMScheduler.step`, diffusers 0.42). The final step adds no noise (`prev = denoised`), so it is
+not an action: trajectories of n steps have n - 1 stochastic actions, and the reward depends on them only.
+`DDIMPolicy` is the DDPO baseline: DDIM with eta = 1, whose posterior is Gaussian at every step.
+
+Both reproduce their diffusers pipeline exactly for the same generator(s) (same random draws in the same
+order), and compute log-probs in float32 whatever the model dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class Trajectory:
+    """One batch of rollouts. Shapes: B samples, T actions, latents (C, H, W)."""
+
+    prompts: list[str]
+    embeds: torch.Tensor  # (B, L, D) prompt embeddings (cond), or (2B, L, D) [uncond; cond] with CFG
+    states: torch.Tensor  # (B, T, C, H, W) x_t before each action
+    actions: torch.Tensor  # (B, T, C, H, W) x_{t'} taken
+    timesteps: torch.Tensor  # (T,) the timestep of each action
+    log_probs: torch.Tensor  # (B, T) float32 log-prob of each action when sampled
+    latents: torch.Tensor  # (B, C, H, W) final clean latents (decoded into images)
+    images: list  # B PIL images
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Log-density of x under N(mean, std^2 I), averaged over non-batch dims (as DDPO), in float32. (B,)"""
+    x, mean, std = x.float(), mean.float(), std.float()
+    lp = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI
+    return lp.mean(dim=tuple(range(1, lp.ndim)))
+
+
+class _Policy:
+    """Shared plumbing: prompt encoding, the UNet call, decoding."""
+
+    def __init__(self, pipe, num_steps: int, guidance_scale: float):
+        self.pipe = pipe
+        self.num_steps = num_steps
+        self.guidance_scale = guidance_scale
+        # private scheduler: the pipeline's one keeps per-call state and may be used by another thread
+        self.scheduler = self.scheduler_class.from_config(pipe.scheduler.config)
+        self.scheduler.set_timesteps(num_steps, device="cpu")
+        self.alphas = self.scheduler.alphas_cumprod.float()
+
+    scheduler_class: type
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    @property
+    def uses_w_embedding(self) -> bool:
+        return self.pipe.unet.config.time_cond_proj_dim is not None
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Classifier-free guidance by two passes: the DDIM teacher, or an SD + LCM-LoRA pipeline."""
+        return not self.uses_w_embedding and self.guidance_scale > 1
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, self.uses_cfg, negative_prompt=None)
+        return torch.cat([uncond, cond]) if self.uses_cfg else cond
+
+    def eps(self, unet, x: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise prediction at (x, t), guided as the pipeline guides it."""
+        b = x.shape[0]
+        cond = None
+        if self.uses_w_embedding:
+            w = torch.full((b,), self.guidance_scale - 1)
+            cond = self.pipe.get_guidance_scale_embedding(w, embedding_dim=self.pipe.unet.config.time_cond_proj_dim)
+            cond = cond.to(device=x.device, dtype=x.dtype)
+        if self.uses_cfg:
+            out = unet(torch.cat([x, x]), t, encoder_hidden_states=embeds, timestep_cond=cond).sample
+            uncond, text = out.chunk(2)
+            return uncond + self.guidance_scale * (text - uncond)
+        return unet(x, t, encoder_hidden_states=embeds, timestep_cond=cond).sample
+
+    def decode(self, latents: torch.Tensor) -> list:
+        vae = self.pipe.vae
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return self.pipe.image_processor.postprocess(image, output_type="pil")
+
+    def initial_latents(self, batch: int, generator, height: int | None, width: int | None) -> torch.Tensor:
+        scale = self.pipe.vae_scale_factor
+        h = (height or self.pipe.unet.config.sample_size * scale) // scale
+        w = (width or self.pipe.unet.config.sample_size * scale) // scale
+        shape = (batch, self.pipe.unet.config.in_channels, h, w)
+        x = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return x * self.scheduler.init_noise_sigma
+
+    def _step(self, unet, x, i: int, embeds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, std, clean) of the action at step index i."""
+        raise NotImplementedError
+
+    def _batch_embeds(self, embeds: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
+        if not self.uses_cfg:
+            return embeds[idx]
+        uncond, cond = embeds.chunk(2)
+        return torch.cat([uncond[idx], cond[idx]])
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], generator=None, height: int | None = None,
+               width: int | None = None, decode: bool = True) -> Trajectory:
+        """Roll out one trajectory per prompt; `generator` may be one torch.Generator or one per prompt."""
+        embeds = self.encode(prompts)
+        x = self.initial_latents(len(prompts), generator, height, width)
+        states, actions, logps = [], [], []
+        unet = self.pipe.unet
+        for i in range(self.num_steps):
+            mean, std, clean = self._step(unet, x, i, embeds)
+            if i == self.num_steps - 1 and self.final_step_is_deterministic:
+                x = clean
+                break
+            noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            nxt = (mean + std * noise).to(x.dtype)
+            states.append(x)
+            actions.append(nxt)
+            logps.append(gaussian_log_prob(nxt, mean, std))
+            x = nxt
+        stack = lambda xs, ref: torch.stack(xs, 1) if xs else ref.new_zeros((ref.shape[0], 0, *ref.shape[1:]))
+        return Trajectory(
+            prompts=list(prompts), embeds=embeds, states=stack(states, x), actions=stack(actions, x),
+            timesteps=self.scheduler.timesteps[: len(actions)].clone(),
+            log_probs=torch.stack(logps, 1) if logps else torch.zeros(len(prompts), 0),
+            latents=x, images=self.decode(x) if decode else [])
+
+    final_step_is_deterministic: bool = True
+
+    def log_prob(self, unet, traj: Trajectory, j: int, idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """Log-prob (float32, (b,)) of the actions of step j for samples idx under `unet`'s current weights."""
+        x = traj.states[idx, j]
+        mean, std, _ = self._step(unet, x, j, self._batch_embeds(traj.embeds, idx))
+        return gaussian_log_prob(traj.actions[idx, j], mean, std)
+
+
+class LCMPolicy(_Policy):
+    """RLCM's policy over LCMScheduler steps (LatentConsistencyModelPipeline, or SD + LCM-LoRA)."""
+
+    from diffusers import LCMScheduler as scheduler_class  # noqa: N813
+
+    def _step(self, unet, x, i, embeds):
+        s = self.scheduler
+        t = s.timesteps[i]
+        a = self.alphas[t]
+        a_prev = self.alphas[s.timesteps[i + 1]] if i + 1 < len(s.timesteps) else torch.tensor(1.0)
+        eps = self.eps(unet, x, t, embeds)
+        # 3. boundary conditions; 4. x0 from eps; 6. denoised (LCMScheduler.step numbering)
+        c_skip, c_out = s.get_scalings_for_boundary_condition_discrete(t)
+        x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+        denoised = c_out * x0 + c_skip * x
+        # 7. the policy: x' ~ N(sqrt(a') denoised, (1 - a') I)
+        mean = a_prev.sqrt().to(x.dtype) * denoised
+        std = (1 - a_prev).sqrt().expand(1)
+        return mean, std, denoised
+
+
+class DDIMPolicy(_Policy):
+    """DDPO's policy: DDIM with eta = 1 (StableDiffusionPipeline with DDIMScheduler, CFG)."""
+
+    from diffusers import DDIMScheduler as scheduler_class  # noqa: N813
+
+    final_step_is_deterministic = False  # every DDIM step with eta=1 injects noise (DDPO keeps all of them)
+    eta = 1.0
+
+    def _step(self, unet, x, i, embeds):
+        s = self.scheduler
+        t = s.timesteps[i]
+        prev_t = t - s.config.num_train_timesteps // s.num_inference_steps
+        a = self.alphas[t]
+        a_prev = self.alphas[prev_t] if prev_t >= 0 else s.final_alpha_cumprod.float()
+        eps = self.eps(unet, x, t, embeds)
+        x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+        var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+        std = self.eta * var.sqrt()
+        mean = a_prev.sqrt().to(x.dtype) * x0 + (1 - a_prev - std**2).sqrt().to(x.dtype) * eps
+        return mean, std.expand(1), x0
+
+
+def make_policy(pipe, num_steps: int, guidance_scale: float) -> _Policy:
+    """The policy matching a pipeline's scheduler (LCMScheduler -> RLCM, DDIMScheduler -> DDPO)."""
+    name = type(pipe.scheduler).__name__
+    if name == "LCMScheduler":
+        if num_steps < 2:
+            raise ValueError("RLCM needs at least 2 inference steps (the last LCM step adds no noise)")
+        return LCMPolicy(pipe, num_steps, guidance_scale)
+    if name == "DDIMScheduler":
+        return DDIMPolicy(pipe, num_steps, guidance_scale)
+    raise ValueError(f"unsupported scheduler {name}; valid: LCMScheduler (RLCM), DDIMScheduler (DDPO)")

@@ -1,0 +1,158 @@
+"""Rewards by name: each factory returns `fn(images, prompts) -> np.ndarray (N,)` (float32, higher is better).
+
+Heavy dependencies load inside the factory, once. `AsyncReward` computes a batch's reward in a worker
+thread while the next batch is sampled.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+RewardFn = Callable[[list, list[str]], np.ndarray]
+
+DEFAULT_TOY_CLIP = "data/models/toy-clip"
+
+
+def _jpeg_kb(image) -> float:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=95)
+    return buf.tell() / 1000
+
+
+def jpeg_compressibility(**_) -> RewardFn:
+    """Negative JPEG size (quality 95) in kB: smaller files are better (the paper's compressibility task)."""
+    return lambda images, prompts: -np.array([_jpeg_kb(im) for im in images], np.float32)
+
+
+def jpeg_incompressibility(**_) -> RewardFn:
+    """JPEG size (quality 95) in kB: bigger files are better."""
+    return lambda images, prompts: np.array([_jpeg_kb(im) for im in images], np.float32)
+
+
+def toy_fidelity(**_) -> RewardFn:
+    """Fraction of the prompt's attributes the toy checker finds (toy world only)."""
+    from .toy.checker import check
+
+    return lambda images, prompts: np.array([check(im, p).score for im, p in zip(images, prompts)], np.float32)
+
+
+def clip_alignment(clip: str = DEFAULT_TOY_CLIP, device: str = "cpu", pretrained: str | None = None,
+                   **_) -> RewardFn:
+    """Prompt-image CLIP cosine similarity (x100, as CLIPScore); the toy CLIP offline."""
+    from .clip import load_clip
+
+    model = load_clip(clip, device=device, pretrained=pretrained)
+    return lambda images, prompts: (100 * model.score(images, list(prompts))).cpu().numpy().astype(np.float32)
+
+
+class AestheticMLP:
+    """The LAION aesthetic predictor v2 head: a chain of linear layers (dropout only, no activations)
+    on the L2-normalised CLIP image embedding; keys `<index>.weight` / `<index>.bias`."""
+
+    def __init__(self, state: dict, device: str = "cpu"):
+        keys = sorted({k.rsplit(".", 1)[0] for k in state}, key=lambda k: int(k.rsplit(".", 1)[-1]))
+        self.layers = [(state[f"{k}.weight"].to(device), state[f"{k}.bias"].to(device)) for k in keys]
+        self.in_dim = self.layers[0][0].shape[1]
+
+    def __call__(self, emb):
+        for w, b in self.layers:
+            emb = emb @ w.T + b
+        return emb.squeeze(-1)
+
+
+def _load_state(weights: str) -> dict:
+    """Aesthetic head weights from a local .safetensors/.pth, or `repo_id/filename` from the Hub cache."""
+    import torch
+
+    path = Path(weights)
+    if not path.exists():
+        from huggingface_hub import hf_hub_download
+
+        repo, _, filename = weights.rpartition("/")
+        if not repo:
+            raise FileNotFoundError(f"aesthetic weights {weights!r}: no such file, and not 'repo_id/filename'")
+        try:
+            path = Path(hf_hub_download(repo, filename))
+        except Exception as e:  # offline, or not cached
+            raise RuntimeError(
+                f"aesthetic weights {weights!r} are not available offline ({type(e).__name__}). Download the LAION "
+                "aesthetic predictor (e.g. 'sac+logos+ava1-l14-linearMSE.pth') once and pass its local path."
+            ) from e
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no pickle code execution
+    return {k.removeprefix("layers."): v.float() for k, v in state.items()}
+
+
+def aesthetic(weights: str = "", clip: str = "ViT-L-14", pretrained: str | None = "openai", device: str = "cpu",
+              **_) -> RewardFn:
+    """LAION aesthetic score: CLIP image embedding (ViT-L/14 by default) + the predictor's MLP head."""
+    import torch
+
+    if not weights:
+        raise ValueError("the aesthetic reward needs `weights`: a local file or 'repo_id/filename' of the "
+                         "LAION aesthetic predictor head")
+    from .clip import load_clip
+
+    head = AestheticMLP(_load_state(weights), device)
+    try:
+        model = load_clip(clip, device=device, pretrained=pretrained)
+    except Exception as e:
+        raise RuntimeError(f"CLIP {clip!r} ({pretrained}) for the aesthetic reward is not available offline: {e}") from e
+
+    def fn(images, prompts):
+        with torch.no_grad():
+            emb = model.embed_images(images)
+            if emb.shape[1] != head.in_dim:
+                raise ValueError(f"aesthetic head expects {head.in_dim}-d embeddings, CLIP gives {emb.shape[1]}")
+            return head(emb).cpu().numpy().astype(np.float32)
+
+    return fn
+
+
+def preference(model: str = "", device: str = "cpu", **_) -> RewardFn:
+    """The learned reward model (a directory or zip exported by `reward_model.export`)."""
+    if not model:
+        raise ValueError("the preference reward needs `model`: the path of an exported reward model")
+    import reward_model
+
+    rm = reward_model.load(model)
+    return lambda images, prompts: rm.score(images, list(prompts)).detach().cpu().numpy().astype(np.float32)
+
+
+REWARDS: dict[str, Callable[..., RewardFn]] = {
+    "jpeg_compressibility": jpeg_compressibility,
+    "jpeg_incompressibility": jpeg_incompressibility,
+    "aesthetic": aesthetic,
+    "clip_alignment": clip_alignment,
+    "toy_fidelity": toy_fidelity,
+    "preference": preference,
+}
+
+
+def get_reward(name: str, **kwargs) -> RewardFn:
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; valid: {sorted(REWARDS)}")
+    return REWARDS[name](**kwargs)
+
+
+class AsyncReward:
+    """Runs a reward function in one worker thread so sampling the next batch overlaps it."""
+
+    def __init__(self, fn: RewardFn):
+        self.fn = fn
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
+
+    def submit(self, images, prompts) -> Future:
+        return self.pool.submit(self.fn, images, prompts)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,34 @@
+"""Per-prompt advantage normalisation with a running buffer (DDPO/RLCM's stat tracker)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class PerPromptStatTracker:
+    """Normalise each reward by its prompt's recent rewards; below `min_count` use the batch's statistics."""
+
+    def __init__(self, buffer_size: int = 32, min_count: int = 16):
+        self.buffer_size = buffer_size
+        self.min_count = min_count
+        self.buffers: dict[str, deque] = {}
+
+    def update(self, prompts: list[str], rewards: np.ndarray) -> np.ndarray:
+        prompts_arr = np.array(prompts, dtype=object)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        adv = np.empty_like(rewards)
+        for p in dict.fromkeys(prompts):
+            mask = prompts_arr == p
+            buf = self.buffers.setdefault(p, deque(maxlen=self.buffer_size))
+            buf.extend(rewards[mask].tolist())
+            ref = np.array(buf) if len(buf) >= self.min_count else rewards
+            adv[mask] = (rewards[mask] - ref.mean()) / (ref.std() + 1e-6)
+        return adv
+
+    def state_dict(self) -> dict:
+        return {p: list(b) for p, b in self.buffers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffers = {p: deque(v, maxlen=self.buffer_size) for p, v in state.items()}

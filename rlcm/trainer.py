@@ -1,0 +1,347 @@
+"""The RLCM trainer: PPO-style policy gradient with LoRA on a few-step sampler (Oertell et al., 2024).
+
+One epoch = sample a batch of trajectories (rewards computed in a worker thread while the next batch is
+sampled), normalise advantages per prompt, then one pass of clipped-surrogate gradients accumulated over
+all samples and timesteps, one optimiser step. Built on accelerate: the same code runs on a CPU, one GPU,
+or several processes (`accelerate launch`, or `debug_launcher` for 2 CPU ranks).
+The same loop runs DDPO when the pipeline's scheduler is DDIM (see `rlcm.policy.make_policy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import lora as lora_utils
+from .pipelines import DEFAULT_MODEL, load_pipeline
+from .policy import Trajectory, make_policy
+from .prompts import get_prompts
+from .rewards import AsyncReward, get_reward
+from .stats import PerPromptStatTracker
+
+
+@dataclass
+class RLCMConfig:
+    """Defaults run on a 2-core CPU in minutes on the toy LCM; `PRESETS` hold the paper's GPU settings."""
+
+    model: str = DEFAULT_MODEL  # pipeline directory or hub id
+    lcm_lora: str | None = None  # SD-1.5 + this LCM-LoRA instead of an LCM checkpoint
+    reward: str = "jpeg_compressibility"  # name in rlcm.rewards.REWARDS
+    reward_kwargs: dict = field(default_factory=dict)  # e.g. {"model": "runs/rm"} for `preference`
+    prompt_set: str = "toy"  # toy | simple_animals | imagenet_animals | a text file
+    train_prompts: int = 16  # size of the training prompt pool (toy set)
+    num_steps: int = 4  # inference steps = horizon (RLCM: 2-16; DDPO baseline: 50)
+    guidance_scale: float = 8.0
+    epochs: int = 30  # sampling rounds
+    prompts_per_epoch: int = 8  # distinct prompts per round ...
+    images_per_prompt: int = 4  # ... each sampled this often (per-prompt advantages need repeats)
+    sample_batch_size: int = 16  # images per sampling forward pass
+    train_batch_size: int = 16  # samples per gradient forward pass
+    optimizer_steps_per_epoch: int = 1  # the paper: one; gradients accumulate over samples and timesteps
+    inner_epochs: int = 1  # PPO passes over each round's samples
+    lr: float = 3e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    clip_range: float = 1e-4  # PPO ratio clip
+    adv_clip_max: float = 10.0
+    max_grad_norm: float = 5.0
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    per_prompt_stat_tracking: bool = True
+    stat_buffer_size: int = 32
+    stat_min_count: int = 16
+    eval_every: int = 5  # epochs between held-out evaluations (0: never)
+    eval_prompts: int = 32
+    eval_seeds: int = 1
+    seed: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    output_dir: str = "runs/rlcm"
+    checkpoint_every: int = 5  # epochs; resume picks up the latest
+    device: str | None = None  # None: accelerate decides
+
+    def __post_init__(self):
+        if self.prompts_per_epoch * self.images_per_prompt % self.train_batch_size:
+            raise ValueError("prompts_per_epoch * images_per_prompt must be a multiple of train_batch_size")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision {self.mixed_precision!r}; valid: no, fp16, bf16")
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.prompts_per_epoch * self.images_per_prompt
+
+
+def _paper(**kw) -> RLCMConfig:
+    base = dict(prompt_set="simple_animals", num_steps=8, guidance_scale=8.0, lr=1e-4, clip_range=1e-4,
+                adv_clip_max=10.0, max_grad_norm=5.0, lora_rank=16, lora_alpha=32, mixed_precision="fp16",
+                prompts_per_epoch=32, images_per_prompt=8, sample_batch_size=8, train_batch_size=8,
+                stat_buffer_size=32, stat_min_count=16, epochs=100, model="SimianLuo/LCM_Dreamshaper_v7")
+    base.update(kw)
+    return RLCMConfig(**base)
+
+
+PRESETS: dict[str, Callable[[], RLCMConfig]] = {
+    "toy": RLCMConfig,
+    "paper_compressibility": lambda: _paper(reward="jpeg_compressibility"),
+    "paper_incompressibility": lambda: _paper(reward="jpeg_incompressibility"),
+    "paper_aesthetic": lambda: _paper(reward="aesthetic", lora_rank=8, lora_alpha=8),
+    "paper_alignment": lambda: _paper(reward="clip_alignment", num_steps=16),
+}
+
+
+class RLCMTrainer:
+    """Fine-tunes a LoRA on the pipeline's UNet against a reward. Events go to `callbacks` as dicts."""
+
+    def __init__(self, cfg: RLCMConfig, pipe=None, reward_fn=None, accelerator=None,
+                 callbacks: list[Callable[[dict], None]] | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        self.callbacks = callbacks or []
+        mb = cfg.samples_per_epoch // cfg.train_batch_size
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
+        set_seed(cfg.seed, device_specific=True)
+        acc = self.accelerator
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        self.pipe = pipe if pipe is not None else load_pipeline(cfg.model, cfg.lcm_lora, str(acc.device), dtype)
+        self.pipe.to(acc.device)
+        self.policy = make_policy(self.pipe, cfg.num_steps, cfg.guidance_scale)
+        self.lora_config = lora_utils.add_lora(self.pipe.unet, cfg.lora_rank, cfg.lora_alpha)
+        params = [p for p in self.pipe.unet.parameters() if p.requires_grad]
+        for p in params:  # trainable LoRA weights stay fp32 under fp16 inference weights
+            p.data = p.data.float()
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        self.unet, self.optimizer = acc.prepare(self.pipe.unet, self.optimizer)
+        self.params = params
+        self.actions = self.policy.num_steps - (1 if self.policy.final_step_is_deterministic else 0)
+        self.accum = mb * self.actions * cfg.inner_epochs // cfg.optimizer_steps_per_epoch
+        self.reward_fn = reward_fn or get_reward(cfg.reward, **cfg.reward_kwargs)
+        self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+        self.train_prompts = get_prompts(cfg.prompt_set, "train", cfg.train_prompts if cfg.prompt_set == "toy"
+                                         else None, seed=cfg.seed)
+        self.eval_prompt_list = get_prompts(cfg.prompt_set, "heldout", cfg.eval_prompts, seed=cfg.seed + 1)
+        self.eval_prompt_list = self.eval_prompt_list[: cfg.eval_prompts]
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.reward_queries = 0
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------ events and evaluation
+
+    def emit(self, event: dict) -> None:
+        if self.accelerator.is_main_process:
+            for cb in self.callbacks:
+                cb(event)
+
+    def generators(self, n: int, salt: int) -> list[torch.Generator]:
+        base = (self.cfg.seed * 1_000_003 + salt) * 65_537 + self.accelerator.process_index * 7_919
+        return [torch.Generator(self.policy.device).manual_seed(base + i) for i in range(n)]
+
+    @torch.no_grad()
+    def sample_images(self, prompts: list[str], seeds: list[int]) -> list:
+        """Images for prompts with fixed per-image seeds (the evaluation and comparison path)."""
+        out = []
+        bs = self.cfg.sample_batch_size
+        for i in range(0, len(prompts), bs):
+            gens = [torch.Generator(self.policy.device).manual_seed(s) for s in seeds[i:i + bs]]
+            out += self.policy.sample(prompts[i:i + bs], generator=gens).images
+        return out
+
+    def evaluate(self) -> dict:
+        """Mean reward (and toy fidelity) on held-out prompts with fixed seeds."""
+        prompts = [p for _ in range(self.cfg.eval_seeds) for p in self.eval_prompt_list]
+        seeds = [10_000 + i for i in range(len(prompts))]
+        self.unet.eval()
+        images = self.sample_images(prompts, seeds)
+        rewards = self.reward_fn(images, prompts)
+        res = {"eval_reward_mean": float(np.mean(rewards)), "eval_reward_std": float(np.std(rewards))}
+        if self.cfg.prompt_set == "toy":
+            from .toy.checker import fidelity
+
+            res["eval_fidelity"] = fidelity(images, prompts)["score"]
+        return res
+
+    # ------------------------------------------------------------ one epoch
+
+    def _sample_epoch(self) -> tuple[list[Trajectory], np.ndarray, list[str]]:
+        cfg = self.cfg
+        rng = random.Random(cfg.seed * 100_003 + self.epoch * 101 + self.accelerator.process_index)
+        chosen = [rng.choice(self.train_prompts) for _ in range(cfg.prompts_per_epoch)]
+        prompts = [p for p in chosen for _ in range(cfg.images_per_prompt)]
+        rewarder = AsyncReward(self.reward_fn)
+        trajs, futures = [], []
+        self.unet.eval()
+        for i in range(0, len(prompts), cfg.sample_batch_size):
+            chunk = prompts[i:i + cfg.sample_batch_size]
+            tr = self.policy.sample(chunk, generator=self.generators(len(chunk), self.epoch * 10_000 + i))
+            trajs.append(tr)
+            futures.append(rewarder.submit(tr.images, chunk))  # overlaps with the next batch's sampling
+        rewards = np.concatenate([f.result() for f in futures])
+        rewarder.close()
+        self.reward_queries += len(prompts) * self.accelerator.num_processes
+        return trajs, rewards, prompts
+
+    def _advantages(self, rewards: np.ndarray, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        all_rewards = np.array(gather_object(rewards.tolist()), np.float64)
+        all_prompts = gather_object(prompts)
+        if self.cfg.per_prompt_stat_tracking:
+            adv = self.stats.update(all_prompts, all_rewards)
+        else:
+            adv = (all_rewards - all_rewards.mean()) / (all_rewards.std() + 1e-6)
+        n = len(rewards)
+        local = adv[acc.process_index * n:(acc.process_index + 1) * n]
+        return np.clip(local, -self.cfg.adv_clip_max, self.cfg.adv_clip_max), all_rewards
+
+    def _train_epoch(self, trajs: list[Trajectory], adv: np.ndarray) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        self.unet.train()
+        # flatten batches: (traj index, row) pairs, reshuffled into training minibatches
+        rows = [(k, r) for k, tr in enumerate(trajs) for r in range(len(tr.prompts))]
+        adv_t = torch.tensor(adv, dtype=torch.float32, device=self.policy.device)
+        info = {"approx_kl": [], "clipfrac": [], "loss": []}
+        done_backwards = 0
+        for _ in range(cfg.inner_epochs):
+            perm = torch.randperm(len(rows)).tolist()
+            for mb_start in range(0, len(rows), cfg.train_batch_size):
+                mb = [rows[p] for p in perm[mb_start:mb_start + cfg.train_batch_size]]
+                for j in torch.randperm(self.actions).tolist():
+                    loss = 0.0
+                    # rows may come from several sampling batches: group by batch for the forward passes
+                    for k in sorted({k for k, _ in mb}):
+                        idx = torch.tensor([r for kk, r in mb if kk == k])
+                        gidx = torch.tensor([sum(len(t.prompts) for t in trajs[:k]) + r for r in idx.tolist()])
+                        tr = trajs[k]
+                        with acc.autocast():
+                            logp = self.policy.log_prob(self.unet, tr, j, idx)
+                        ratio = torch.exp(logp - tr.log_probs[idx, j].to(logp.device))
+                        a = adv_t[gidx]
+                        unclipped = -a * ratio
+                        clipped = -a * torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+                        part = torch.maximum(unclipped, clipped).sum() / len(mb)
+                        loss = loss + part
+                        info["approx_kl"].append(0.5 * ((logp - tr.log_probs[idx, j]) ** 2).mean().item())
+                        info["clipfrac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
+                    done_backwards += 1
+                    sync = done_backwards % self.accum == 0
+                    ctx = acc.no_sync(self.unet) if not sync else contextlib.nullcontext()
+                    with ctx:
+                        acc.backward(loss / self.accum)
+                    info["loss"].append(float(loss.detach()))
+                    if sync:
+                        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        info.setdefault("grad_norm", []).append(float(grad_norm))
+        return {k: float(np.mean(v)) for k, v in info.items() if v}
+
+    # ------------------------------------------------------------ loop, checkpoints
+
+    def train(self, stop: threading.Event | None = None) -> list[dict]:
+        """Run until `cfg.epochs` (resuming from the latest checkpoint) or until `stop` is set."""
+        cfg = self.cfg
+        out = Path(cfg.output_dir)
+        if self.accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        self.resume()
+        if self.epoch == 0 and cfg.eval_every:
+            row = {"epoch": 0, "time": 0.0, "reward_queries": 0, **self.evaluate()}
+            self._log(row)
+        while self.epoch < cfg.epochs:
+            if stop is not None and stop.is_set():
+                self.emit({"type": "cancelled", "epoch": self.epoch})
+                break
+            t0 = time.time()
+            trajs, rewards, prompts = self._sample_epoch()
+            adv, all_rewards = self._advantages(rewards, prompts)
+            info = self._train_epoch(trajs, adv)
+            self.train_seconds += time.time() - t0
+            self.epoch += 1
+            row = {"epoch": self.epoch, "time": self.train_seconds, "reward_queries": self.reward_queries,
+                   "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std()), **info}
+            if cfg.eval_every and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+                row.update(self.evaluate())
+            self._log(row)
+            if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+                self.save_checkpoint()
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.save_lora(out / "lora")
+        self.emit({"type": "done", "epoch": self.epoch, "lora": str(out / "lora")})
+        return self.history
+
+    def _log(self, row: dict) -> None:
+        self.history.append(row)
+        if self.accelerator.is_main_process:
+            with open(Path(self.cfg.output_dir) / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.emit({"type": "epoch", **row})
+
+    def save_lora(self, directory: str | Path) -> Path:
+        return lora_utils.save_lora(type(self.pipe), self.accelerator.unwrap_model(self.unet), self.lora_config,
+                                    directory)
+
+    def save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.accelerator.is_main_process:
+            return
+        ck = Path(self.cfg.output_dir) / "checkpoint"
+        tmp = ck.with_name("checkpoint.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        state = lora_utils.lora_state(self.accelerator.unwrap_model(self.unet))
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / "adapter.safetensors")
+        torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "stats": self.stats.state_dict(),
+                    "history": self.history, "reward_queries": self.reward_queries,
+                    "train_seconds": self.train_seconds}, tmp / "trainer_state.pt")
+        if ck.exists():  # swap atomically enough: a crash leaves either the old or the new checkpoint
+            old = ck.with_name("checkpoint.old")
+            ck.rename(old)
+            tmp.rename(ck)
+            import shutil
+
+            shutil.rmtree(old)
+        else:
+            tmp.rename(ck)
+
+    def resume(self) -> bool:
+        from safetensors.torch import load_file
+
+        ck = Path(self.cfg.output_dir) / "checkpoint"
+        if not (ck / "trainer_state.pt").exists():
+            return False
+        lora_utils.load_lora_into(self.accelerator.unwrap_model(self.unet), load_file(ck / "adapter.safetensors"))
+        state = torch.load(ck / "trainer_state.pt", weights_only=False, map_location="cpu")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stats.load_state_dict(state["stats"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.reward_queries, self.train_seconds = state["reward_queries"], state["train_seconds"]
+        self.emit({"type": "resumed", "epoch": self.epoch})
+        return True
+
+
+def config_from_args(preset: str = "toy", **overrides) -> RLCMConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
+    cfg = PRESETS[preset]()
+    names = {f.name for f in fields(RLCMConfig)}
+    bad = set(overrides) - names
+    if bad:
+        raise ValueError(f"unknown config fields {sorted(bad)}")
+    return RLCMConfig(**{**asdict(cfg), **overrides})
