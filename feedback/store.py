@@ -1,0 +1,403 @@
+"""The feedback store: prompts, samples, pairwise comparisons, raters and fine-tune rounds in one SQLite file.
+
+Layout under `data_dir`: `feedback.db` (WAL) and `images/<sha256[:2]>/<sha256>.png`. Every write runs in
+its own `BEGIN IMMEDIATE` transaction under a process-wide lock, with `synchronous=FULL`, so an
+acknowledged rating survives a killed process; each thread gets its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from PIL import Image
+from sqlite_utils import Database
+
+from . import images as imgs
+from .pairs import PairPolicy, Uncertainty, candidate_pairs, choose_pair, pair_key
+
+CHOICES = ("a", "b", "tie", "skip")
+ROUND_STATUSES = ("pending", "running", "done", "failed", "cancelled")
+ROUND_FIELDS = ("status", "config", "reward_model_version", "lora_path", "metrics", "finished_at", "error")
+MAX_NAME = 100  # longest rater name / generator name
+MAX_CLIENT_ID = 200  # longest client-supplied submission id
+MAX_PROMPT = 2000  # longest prompt in characters
+
+
+def now() -> str:
+    """UTC timestamp in ISO 8601 with microseconds (sorts as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def check_name(value, what: str, max_len: int = MAX_NAME) -> str:
+    """A non-empty printable name of at most `max_len` characters, stripped; ValueError otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    value = value.strip()
+    if len(value) > max_len or not value.isprintable():
+        raise ValueError(f"{what} must be printable and at most {max_len} characters, got {value[:120]!r}")
+    return value
+
+
+def check_prompt(value) -> str:
+    return check_name(value, "prompt", MAX_PROMPT)
+
+
+# ---------------------------------------------------------------- schema
+
+def _m0001_initial(db: Database) -> None:
+    db.execute("""CREATE TABLE prompts (
+        id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)""")
+    db.execute("""CREATE TABLE samples (
+        id TEXT PRIMARY KEY,                      -- sha256 of the canonical PNG bytes
+        prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+        seed INTEGER, steps INTEGER, guidance REAL,
+        generator TEXT NOT NULL,                  -- generator version / round that made it
+        width INTEGER NOT NULL, height INTEGER NOT NULL, created_at TEXT NOT NULL)""")
+    db.execute("CREATE INDEX samples_prompt ON samples(prompt_id)")
+    db.execute("CREATE TABLE raters (id TEXT PRIMARY KEY, created_at TEXT NOT NULL)")
+    db.execute(f"""CREATE TABLE comparisons (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client_id TEXT NOT NULL UNIQUE,           -- makes a retried submit a no-op
+        sample_a TEXT NOT NULL REFERENCES samples(id),
+        sample_b TEXT NOT NULL REFERENCES samples(id),
+        prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+        choice TEXT NOT NULL CHECK (choice IN {CHOICES}),
+        rater TEXT NOT NULL REFERENCES raters(id),
+        created_at TEXT NOT NULL,
+        undone_at TEXT,                           -- set by undo_last; such rows count nowhere
+        CHECK (sample_a != sample_b))""")
+    db.execute("CREATE INDEX comparisons_rater ON comparisons(rater, id)")
+    db.execute(f"""CREATE TABLE rounds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL CHECK (status IN {ROUND_STATUSES}),
+        config TEXT NOT NULL, reward_model_version TEXT, lora_path TEXT, metrics TEXT,
+        created_at TEXT NOT NULL, finished_at TEXT, error TEXT)""")
+
+
+MIGRATIONS: dict[str, Callable[[Database], None]] = {"0001_initial": _m0001_initial}  # applied in order, once
+
+
+# ---------------------------------------------------------------- store
+
+class FeedbackStore:
+    """Thread-safe access to one feedback database; see the module docstring for the layout."""
+
+    def __init__(self, data_dir: str | Path, busy_timeout_s: float = 30.0):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "feedback.db"
+        self.images_dir = self.data_dir / "images"
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        db = self._db()
+        db.execute("PRAGMA journal_mode=WAL")
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            done = {r["name"] for r in db.query("SELECT name FROM _migrations")}
+            for name, migrate in MIGRATIONS.items():
+                if name not in done:
+                    migrate(db)
+                    db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, now()])
+
+    # -- connections and transactions
+
+    def _db(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")
+            db = Database(conn, execute_plugins=False)
+            self._local.db = db
+            with self._conns_lock:
+                self._conns.append(conn)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        """One write transaction, taken immediately so concurrent writers queue instead of deadlocking."""
+        db = self._db()
+        with self._write_lock:
+            if db.conn.in_transaction:  # nested: part of the caller's transaction
+                yield db
+                return
+            db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.conn.in_transaction:
+                    db.conn.execute("ROLLBACK")
+                raise
+            db.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> "FeedbackStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- samples
+
+    def _prompt_id(self, db: Database, text: str) -> int:
+        db.execute("INSERT OR IGNORE INTO prompts (text, created_at) VALUES (?, ?)", [text, now()])
+        return db.execute("SELECT id FROM prompts WHERE text = ?", [text]).fetchone()[0]
+
+    def _insert_sample(self, db: Database, sample_id: str, prompt: str, size: tuple[int, int], seed, steps,
+                       guidance, generator: str, created_at: str | None = None) -> bool:
+        """Insert a sample row whose image file already exists; False if the id was already stored."""
+        pid = self._prompt_id(db, prompt)
+        cur = db.execute(
+            "INSERT OR IGNORE INTO samples (id, prompt_id, seed, steps, guidance, generator, width, height,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [sample_id, pid, seed, steps, guidance, generator, size[0], size[1], created_at or now()])
+        return cur.rowcount == 1
+
+    def add_sample(self, image: Image.Image, prompt: str, seed: int, steps: int, guidance: float,
+                   generator: str = "base") -> str:
+        """Store a generated image; its id is the sha256 of its canonical PNG bytes.
+
+        Idempotent: adding the same pixels again returns the same id and keeps the first metadata
+        (so identical images from two seeds or prompts are one sample, of the first prompt).
+        """
+        prompt = check_prompt(prompt)
+        generator = check_name(generator, "generator")
+        for value, what in ((seed, "seed"), (steps, "steps")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{what} must be an int, got {value!r}")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+            raise ValueError(f"guidance must be a number, got {guidance!r}")
+        data = imgs.png_bytes(image)
+        sid = imgs.sha256(data)
+        with self._write() as db:  # the file first, so a row always has its image
+            imgs.write_atomic(imgs.image_path(self.images_dir, sid), data)
+            self._insert_sample(db, sid, prompt, image.size, int(seed), int(steps), float(guidance), generator)
+        return sid
+
+    _SAMPLE_SQL = ("SELECT s.id, p.text AS prompt, s.prompt_id, s.seed, s.steps, s.guidance, s.generator,"
+                   " s.width, s.height, s.created_at FROM samples s JOIN prompts p ON p.id = s.prompt_id")
+
+    def get_sample(self, sample_id: str) -> dict:
+        rows = list(self._db().query(self._SAMPLE_SQL + " WHERE s.id = ?", [sample_id]))
+        if not rows:
+            raise KeyError(f"no sample {sample_id!r}")
+        row = rows[0]
+        row["path"] = str(imgs.image_path(self.images_dir, row["id"]))
+        return row
+
+    def samples(self, generator: str | None = None) -> list[dict]:
+        where, params = ("WHERE s.generator = ?", [generator]) if generator else ("", [])
+        return list(self._db().query(f"{self._SAMPLE_SQL} {where} ORDER BY s.created_at, s.id", params))
+
+    def image_path(self, sample_id: str) -> Path:
+        return imgs.image_path(self.images_dir, sample_id)
+
+    def load_image(self, sample_id: str) -> Image.Image:
+        path = self.image_path(sample_id)
+        if not path.exists():
+            raise KeyError(f"no image file for sample {sample_id!r} at {path}")
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    # -- comparisons
+
+    _COMPARISON_SQL = ("SELECT c.id, c.client_id, c.sample_a, c.sample_b, p.text AS prompt, c.choice, c.rater,"
+                       " c.created_at, c.undone_at, sa.generator AS generator_a, sb.generator AS generator_b"
+                       " FROM comparisons c JOIN prompts p ON p.id = c.prompt_id"
+                       " JOIN samples sa ON sa.id = c.sample_a JOIN samples sb ON sb.id = c.sample_b")
+
+    def _comparison(self, db: Database, where: str, params: list) -> dict | None:
+        rows = list(db.query(f"{self._COMPARISON_SQL} WHERE {where}", params))
+        return rows[0] if rows else None
+
+    def _insert_comparison(self, db: Database, sample_a: str, sample_b: str, choice: str, rater: str,
+                           client_id: str, created_at: str | None = None) -> dict:
+        """Validate and insert one comparison inside the caller's transaction; returns the row and `created`."""
+        existing = self._comparison(db, "c.client_id = ?", [client_id])
+        if existing is not None:
+            if (pair_key(existing["sample_a"], existing["sample_b"]) != pair_key(sample_a, sample_b)
+                    or existing["rater"] != rater):
+                raise ValueError(f"client_id {client_id!r} was already used for another comparison "
+                                 f"({existing['sample_a'][:12]}… vs {existing['sample_b'][:12]}… by {existing['rater']!r})")
+            return {**existing, "created": False}
+        if sample_a == sample_b:
+            raise ValueError("a comparison needs two different samples, got the same id twice")
+        rows = {r["id"]: r for r in db.query("SELECT id, prompt_id FROM samples WHERE id IN (?, ?)",
+                                             [sample_a, sample_b])}
+        missing = [s for s in (sample_a, sample_b) if s not in rows]
+        if missing:
+            raise ValueError(f"unknown sample id(s): {', '.join(map(repr, missing))}; add samples before rating them")
+        if rows[sample_a]["prompt_id"] != rows[sample_b]["prompt_id"]:
+            raise ValueError("the two samples belong to different prompts; only samples of one prompt are compared")
+        db.execute("INSERT OR IGNORE INTO raters (id, created_at) VALUES (?, ?)", [rater, now()])
+        cur = db.execute(
+            "INSERT INTO comparisons (client_id, sample_a, sample_b, prompt_id, choice, rater, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [client_id, sample_a, sample_b, rows[sample_a]["prompt_id"], choice, rater, created_at or now()])
+        return {**self._comparison(db, "c.id = ?", [cur.lastrowid]), "created": True}
+
+    def record_comparison(self, sample_a: str, sample_b: str, choice: str, rater: str, client_id: str) -> dict:
+        """Record that `rater` preferred a, b, a tie, or skipped the pair.
+
+        A `client_id` seen before returns the stored row with `created=False` and writes nothing (a
+        retried submit; the first answer wins). Invalid input raises ValueError and writes nothing.
+        """
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
+        rater = check_name(rater, "rater")
+        client_id = check_name(client_id, "client_id", MAX_CLIENT_ID)
+        with self._write() as db:
+            return self._insert_comparison(db, sample_a, sample_b, choice, rater, client_id)
+
+    def undo_last(self, rater: str) -> dict | None:
+        """Retract `rater`'s most recent comparison (kept with `undone_at` set, excluded everywhere); None if none."""
+        rater = check_name(rater, "rater")
+        with self._write() as db:
+            row = self._comparison(db, "c.rater = ? AND c.undone_at IS NULL ORDER BY c.id DESC LIMIT 1", [rater])
+            if row is None:
+                return None
+            row["undone_at"] = now()
+            db.execute("UPDATE comparisons SET undone_at = ? WHERE id = ?", [row["undone_at"], row["id"]])
+            return row
+
+    def comparisons(self, include_skips: bool = False) -> list[dict]:
+        """Live (not undone) comparisons in the order they were made, with prompt text and generators."""
+        skip = "" if include_skips else " AND c.choice != 'skip'"
+        return list(self._db().query(f"{self._COMPARISON_SQL} WHERE c.undone_at IS NULL{skip} ORDER BY c.id"))
+
+    def judged_pairs(self, rater: str) -> set[tuple[str, str]]:
+        rows = self._db().execute("SELECT sample_a, sample_b FROM comparisons WHERE rater = ? AND undone_at IS NULL",
+                                  [rater]).fetchall()
+        return {pair_key(a, b) for a, b in rows}
+
+    def next_pair(self, rater: str, generator: str | None = None, uncertainty: Uncertainty | None = None,
+                  rng: random.Random | int | None = None, policy: PairPolicy = PairPolicy()) -> tuple[dict, dict] | None:
+        """The next pair to show `rater`, or None when every eligible pair has been judged by them.
+
+        Pairs are two samples of one prompt with different seeds, never a pair this rater judged in
+        either order (an undone judgement frees its pair again). `generator` names the current
+        generator (default: the one that made the newest sample); it is paired with earlier generators
+        `policy.cross_fraction` of the time. With `uncertainty`, the most uncertain of a random set of
+        candidates wins.
+        """
+        rater = check_name(rater, "rater")
+        rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        samples = self.samples()
+        if generator is None and samples:
+            generator = max(samples, key=lambda s: (s["created_at"], s["id"]))["generator"]
+        cands = candidate_pairs(samples, self.judged_pairs(rater), generator, rng, policy.max_candidates)
+        pair = choose_pair(cands, rng, uncertainty, policy)
+        return None if pair is None else (self.get_sample(pair[0]), self.get_sample(pair[1]))
+
+    # -- summaries
+
+    def counts(self) -> dict:
+        """Numbers of samples, prompts, live comparisons (`labelled` excludes skips), raters, each choice, undone."""
+        q = lambda sql: self._db().execute(sql).fetchone()[0]  # noqa: E731
+        out = {"samples": q("SELECT count(*) FROM samples"), "prompts": q("SELECT count(*) FROM prompts"),
+               "comparisons": q("SELECT count(*) FROM comparisons WHERE undone_at IS NULL"),
+               "labelled": q("SELECT count(*) FROM comparisons WHERE undone_at IS NULL AND choice != 'skip'"),
+               "raters": q("SELECT count(DISTINCT rater) FROM comparisons WHERE undone_at IS NULL"),
+               "undone": q("SELECT count(*) FROM comparisons WHERE undone_at IS NOT NULL")}
+        per = dict(self._db().execute(
+            "SELECT choice, count(*) FROM comparisons WHERE undone_at IS NULL GROUP BY choice").fetchall())
+        out.update({c: per.get(c, 0) for c in CHOICES})
+        return out
+
+    def rater_stats(self) -> list[dict]:
+        """Per rater: live comparisons, each choice, first and last time; most active first."""
+        return list(self._db().query(
+            "SELECT rater, count(*) AS comparisons, sum(choice = 'a') AS a, sum(choice = 'b') AS b,"
+            " sum(choice = 'tie') AS tie, sum(choice = 'skip') AS skip, min(created_at) AS first_at,"
+            " max(created_at) AS last_at FROM comparisons WHERE undone_at IS NULL"
+            " GROUP BY rater ORDER BY comparisons DESC, rater"))
+
+    # -- fine-tune rounds
+
+    @staticmethod
+    def _round_row(row: dict) -> dict:
+        for k in ("config", "metrics"):
+            row[k] = json.loads(row[k]) if row[k] is not None else None
+        return row
+
+    def create_round(self, config: dict) -> int:
+        """A new round in status "pending"; `config` must be JSON-serialisable."""
+        if not isinstance(config, dict):
+            raise ValueError(f"config must be a dict, got {type(config).__name__}")
+        with self._write() as db:
+            cur = db.execute("INSERT INTO rounds (status, config, created_at) VALUES ('pending', ?, ?)",
+                             [json.dumps(config), now()])
+            return int(cur.lastrowid)
+
+    def update_round(self, round_id: int, **fields) -> dict:
+        """Set some of: status, config, reward_model_version, lora_path, metrics, finished_at, error.
+
+        Moving to done/failed/cancelled sets `finished_at` unless given.
+        """
+        bad = sorted(set(fields) - set(ROUND_FIELDS))
+        if bad:
+            raise ValueError(f"unknown round field(s) {bad}; valid: {', '.join(ROUND_FIELDS)}")
+        if "status" in fields:
+            if fields["status"] not in ROUND_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(ROUND_STATUSES)}; got {fields['status']!r}")
+            if fields["status"] in ("done", "failed", "cancelled"):
+                fields.setdefault("finished_at", now())
+        for k in ("config", "metrics"):
+            if k in fields and fields[k] is not None:
+                fields[k] = json.dumps(fields[k])
+        with self._write() as db:
+            self.get_round(round_id)
+            if fields:
+                sets = ", ".join(f"{k} = ?" for k in fields)
+                db.execute(f"UPDATE rounds SET {sets} WHERE id = ?", [*fields.values(), round_id])
+        return self.get_round(round_id)
+
+    def get_round(self, round_id: int) -> dict:
+        rows = list(self._db().query("SELECT * FROM rounds WHERE id = ?", [round_id]))
+        if not rows:
+            raise KeyError(f"no round {round_id!r}")
+        return self._round_row(rows[0])
+
+    def rounds(self) -> list[dict]:
+        return [self._round_row(r) for r in self._db().query("SELECT * FROM rounds ORDER BY id")]
+
+    # -- exchange and durability (see parquet.py and backup.py)
+
+    def export_parquet(self, path: str | Path, include_skips: bool = False) -> Path:
+        from .parquet import export_parquet
+
+        return export_parquet(self, path, include_skips=include_skips)
+
+    def import_parquet(self, path: str | Path) -> dict:
+        from .parquet import import_parquet
+
+        return import_parquet(self, path)
+
+    def snapshot(self, backup_dir: str | Path, repo_id: str | None = None, token: str | None = None) -> Path:
+        from .backup import snapshot
+
+        return snapshot(self, backup_dir, repo_id=repo_id, token=token)
+
+    @staticmethod
+    def restore_latest(backup_dir: str | Path, data_dir: str | Path, repo_id: str | None = None,
+                       token: str | None = None) -> Path | None:
+        from .backup import restore_latest
+
+        return restore_latest(backup_dir, data_dir, repo_id=repo_id, token=token)
