@@ -1,0 +1,122 @@
+"""Frozen-CLIP embeddings cached per sample and per prompt, in memory and on disk, so refitting skips the backbone.
+
+On disk: `data_dir/embeddings/<clip name>-<weights fingerprint>/{images,texts}-*.safetensors`, each chunk an
+(M, D) tensor with its keys (sample ids or prompt texts) in the safetensors metadata. The fingerprint
+hashes the backbone's weights, so two checkpoints of one architecture never share a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+MERGE_AT = 32  # chunk files per kind before they are merged into one
+
+
+def clip_fingerprint(clip) -> str:
+    """sha256 (16 hex digits) of the backbone's state dict: names, shapes and bytes; computed once per object."""
+    fp = clip.__dict__.get("_fingerprint")
+    if fp is None:
+        h = hashlib.sha256()
+        for name, t in sorted(clip.model.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        fp = h.hexdigest()[:16]
+        clip.__dict__["_fingerprint"] = fp
+    return fp
+
+
+def clip_key(clip) -> str:
+    return f"{clip.name}-{clip_fingerprint(clip)}"
+
+
+class EmbeddingCache:
+    """Image embeddings by sample id and text embeddings by prompt for one CLIP; thread-safe.
+
+    `data_dir=None` keeps everything in memory.
+    """
+
+    def __init__(self, clip, data_dir: str | Path | None = None, batch_size: int = 64):
+        self.clip = clip
+        self.batch_size = batch_size
+        self.dir = Path(data_dir) / "embeddings" / clip_key(clip) if data_dir is not None else None
+        self._store: dict[str, dict[str, torch.Tensor]] = {"images": {}, "texts": {}}
+        self._lock = threading.Lock()
+        if self.dir is not None:
+            for kind in self._store:
+                self._load(kind)
+
+    # -- disk
+
+    def _load(self, kind: str) -> None:
+        for f in sorted(self.dir.glob(f"{kind}-*.safetensors")):
+            try:
+                with safe_open(f, framework="pt") as fh:
+                    keys, t = json.loads(fh.metadata()["keys"]), fh.get_tensor("emb")
+            except Exception:  # a chunk being merged away by another process, or a torn file: recompute
+                continue
+            if len(keys) == len(t):
+                self._store[kind].update(zip(keys, t))
+
+    def _save(self, kind: str, keys: list[str], emb: torch.Tensor) -> None:
+        if self.dir is None or not keys:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"{kind}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.safetensors"
+        tmp = self.dir / f".tmp-{name}"
+        save_file({"emb": emb.contiguous()}, tmp, metadata={"keys": json.dumps(keys)})
+        os.replace(tmp, self.dir / name)
+        chunks = sorted(self.dir.glob(f"{kind}-*.safetensors"))
+        if len(chunks) > MERGE_AT:
+            all_keys = list(self._store[kind])
+            merged = f"{kind}-{time.time_ns()}-merged.safetensors"
+            save_file({"emb": torch.stack([self._store[kind][k] for k in all_keys])}, self.dir / f".tmp-{merged}",
+                      metadata={"keys": json.dumps(all_keys)})
+            os.replace(self.dir / f".tmp-{merged}", self.dir / merged)
+            for c in chunks:
+                c.unlink(missing_ok=True)
+
+    # -- lookups
+
+    def _get(self, kind: str, keys: list[str], compute: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            store = self._store[kind]
+            missing = list(dict.fromkeys(k for k in keys if k not in store))
+            if missing:
+                parts = [compute(missing[i:i + self.batch_size]).cpu() for i in range(0, len(missing), self.batch_size)]
+                emb = torch.cat(parts)
+                store.update(zip(missing, emb))
+                self._save(kind, missing, emb)
+            if not keys:
+                return torch.zeros(0, self.embed_dim)
+            return torch.stack([store[k] for k in keys])
+
+    @property
+    def embed_dim(self) -> int:
+        for kind in self._store.values():
+            for v in kind.values():
+                return int(v.shape[0])
+        return int(self.clip.embed_texts(["a"]).shape[1])
+
+    def images(self, ids: list[str], load_image: Callable[[str], Image.Image]) -> torch.Tensor:
+        """(N, D) embeddings of samples by id; `load_image(id)` is called only for ids not cached yet."""
+        return self._get("images", list(ids), lambda miss: self.clip.embed_images([load_image(i) for i in miss]))
+
+    def texts(self, prompts: list[str]) -> torch.Tensor:
+        """(N, D) embeddings of prompts."""
+        return self._get("texts", list(prompts), lambda miss: self.clip.embed_texts(miss))
+
+    def __len__(self) -> int:
+        return len(self._store["images"])
