@@ -1,0 +1,49 @@
+"""Shared fixtures: offline, deterministic, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "data" / "models"
+torch.set_num_threads(int(os.environ.get("RLCM_TEST_THREADS", "2")))
+
+
+def shipped(name: str) -> Path:
+    path = MODELS / name
+    if not path.exists():
+        pytest.skip(f"{path} not built yet (python -m rlcm.toy.build)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_lcm_path() -> Path:
+    return shipped("toy-lcm")
+
+
+@pytest.fixture(scope="session")
+def toy_teacher_path() -> Path:
+    return shipped("toy-teacher")
+
+
+@pytest.fixture(scope="session")
+def toy_clip_path() -> Path:
+    return shipped("toy-clip")
+
+
+@pytest.fixture
+def tiny_lcm():
+    """A random-weight LCM of the SD-1.5 / Dreamshaper layout."""
+    from rlcm.arch import lcm_pipeline
+
+    pipe = lcm_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
