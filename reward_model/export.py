@@ -34,6 +34,9 @@ def model_card(config: ModelConfig, metrics: dict) -> str:
             ("raters", m.get("n_raters")), ("rater self-agreement on repeated pairs", m.get("self_agreement")),
             ("repeat judgements", m.get("repeat_judgements"))]
     table = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in rows)
+    acc, n = m.get("accuracy"), m.get("n_test") or 0
+    if isinstance(acc, float) and n:
+        table += f"\n| standard error of that accuracy (binomial, {n} pairs) | {(acc * (1 - acc) / n) ** 0.5:.3f} |"
     b = config.backbone
     return f"""---
 tags: [reward-model, rlcm, preference-learning]

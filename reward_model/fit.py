@@ -269,7 +269,8 @@ def accuracy_curve(pairs_or_store, clip, sizes=(50, 100, 200, 300, 500), config:
         from rlcm.clip import load_clip
 
         clip = load_clip(clip)
-    cache = cache or EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None))
+    if cache is None:
+        cache = EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None))
     data = collect(pairs_or_store, cache)
     order = np.random.default_rng(cfg.seed).permutation(len(data)).tolist()
     eval_data = collect(eval_pairs, cache) if eval_pairs is not None else None

@@ -109,7 +109,7 @@ class RewardModel:
 
         u = 1 - |2p - 1| + std_k(p_k), in [0, 1.5]; embeddings go through `cache` (default: the store's).
         """
-        cache = cache or EmbeddingCache(self.clip, store.data_dir)
+        cache = cache if cache is not None else EmbeddingCache(self.clip, store.data_dir)
 
         def uncertainty(pairs: list[tuple[str, str]]) -> list[float]:
             if not pairs:
