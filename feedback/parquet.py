@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import images as imgs
-from .store import MAX_CLIENT_ID, MAX_PROMPT, FeedbackStore, check_name
+from .store import MAX_CLIENT_ID, FeedbackStore, check_name, check_prompt
 
 SCHEMA = pa.schema([
     ("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
@@ -223,7 +223,7 @@ def import_parquet(store: FeedbackStore, path: str | Path, limits: ImportLimits 
         for batch in batches:
             for r in batch.to_pylist():
                 where = f"row {i}"
-                prompt = check_name(r["caption"], f"{where}: caption", MAX_PROMPT)
+                prompt = check_prompt(r["caption"], f"{where}: caption")
                 choice = _choice(r["label_0"], r["label_1"], r["has_label"], where)
                 rater = str(r["user_id"]) if isinstance(r["user_id"], int) else r["user_id"]
                 rater = check_name(rater, f"{where}: user_id")

@@ -45,8 +45,14 @@ def check_name(value, what: str, max_len: int = MAX_NAME) -> str:
     return value
 
 
-def check_prompt(value) -> str:
-    return check_name(value, "prompt", MAX_PROMPT)
+def check_prompt(value, what: str = "prompt") -> str:
+    """Like `check_name`, but newlines and tabs are allowed (real captions have them); at most MAX_PROMPT long."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    value = value.strip()
+    if len(value) > MAX_PROMPT or not all(c.isprintable() or c in "\n\t\r" for c in value):
+        raise ValueError(f"{what} must be printable text of at most {MAX_PROMPT} characters, got {value[:120]!r}")
+    return value
 
 
 # ---------------------------------------------------------------- schema

@@ -10,7 +10,6 @@ import json
 import zipfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 

@@ -224,6 +224,9 @@ def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingC
     if len(data) < cfg.min_pairs:
         raise ValueError(f"need at least {cfg.min_pairs} labelled (non-skip) pairs to fit, got {len(data)}")
     train, val, test = split(data, cfg)
+    if not train or not val:
+        raise ValueError(f"{len(set(data.keys))} distinct pairs are too few to split into train, validation and "
+                         "test; label more distinct pairs")
     head, epochs = train_head(data, train, val, cfg)
     t_fit = time.perf_counter() - t0 - t_embed
     held = pair_metrics(head, data.subset(test))
@@ -284,6 +287,9 @@ def accuracy_curve(pairs_or_store, clip, sizes=(50, 100, 200, 300, 500), config:
         sub = data.subset(order[:n])
         t0 = time.perf_counter()
         train, val, test = split(sub, split_cfg)
+        if not train or not val:
+            out.append({"n_labels": n, "accuracy": None, "note": "too few distinct pairs to split"})
+            continue
         head, _ = train_head(sub, train, val, cfg)
         seconds = time.perf_counter() - t0
         m = pair_metrics(head, eval_data if eval_data is not None else sub.subset(test))

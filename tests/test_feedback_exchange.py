@@ -118,6 +118,7 @@ HOSTILE = {
     "path traversal uid": lambda t: _set_row0(t, "image_0_uid", "../../etc/passwd"),
     "slash in uid": lambda t: _set_row0(t, "image_1_uid", "a/b"),
     "null caption": lambda t: _set_row0(t, "caption", None),
+    "NUL in caption": lambda t: _set_row0(t, "caption", "a red\x00circle"),
     "control chars in user": lambda t: _set_row0(t, "user_id", "bob\x00"),
     "bad model name": lambda t: _set_row0(t, "model_0", "../../../x"),
     "bad timestamp": lambda t: _edit(t, "created_at", ["yesterday"] * len(t)),
