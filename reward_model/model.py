@@ -108,6 +108,7 @@ class RewardModel:
         """An `uncertainty` for `FeedbackStore.next_pair`: high when P(a over b) is near 0.5 or the heads disagree.
 
         u = 1 - |2p - 1| + std_k(p_k), in [0, 1.5]; embeddings go through `cache` (default: the store's).
+        Build it once per model and reuse it: the returned function keeps its cache warm.
         """
         cache = cache if cache is not None else EmbeddingCache(self.clip, store.data_dir)
 
