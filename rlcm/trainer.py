@@ -58,6 +58,7 @@ class RLCMConfig:
     max_grad_norm: float = 5.0
     lora_rank: int = 8
     lora_alpha: float = 8.0
+    init_lora: str | None = None  # peft-format adapter.safetensors to start from (a previous round's)
     per_prompt_stat_tracking: bool = True
     stat_buffer_size: int = 32
     stat_min_count: int = 16
@@ -119,6 +120,10 @@ class RLCMTrainer:
         self.pipe.to(acc.device)
         self.policy = make_policy(self.pipe, cfg.num_steps, cfg.guidance_scale)
         self.lora_config = lora_utils.add_lora(self.pipe.unet, cfg.lora_rank, cfg.lora_alpha)
+        if cfg.init_lora:
+            from safetensors.torch import load_file
+
+            lora_utils.load_lora_into(self.pipe.unet, load_file(cfg.init_lora))
         params = [p for p in self.pipe.unet.parameters() if p.requires_grad]
         for p in params:  # trainable LoRA weights stay fp32 under fp16 inference weights
             p.data = p.data.float()

@@ -1,0 +1,176 @@
+"""Fine-tune rounds in the background: refit the reward model, run RLCM against it, serve the new LoRA.
+
+A round's state lives in the feedback store (status, reward-model version, LoRA path, metrics) and its
+files under `data_dir/rounds/<id>/` (trainer checkpoint, LoRA, compare images). A crash leaves the round
+`running` in the store; the next start resumes it from its checkpoint. A failure marks it `failed` and
+changes nothing that is served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .settings import StudioSettings
+
+
+class RoundRunner:
+    def __init__(self, settings: StudioSettings, store, on_done, compare):
+        self.settings, self.store = settings, store
+        self.on_done = on_done  # callback(round_id, lora_dir) to serve the result
+        self.compare = compare  # callback(version, sample_fn) to render the Compare tab's images
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.cancel_event = threading.Event()
+        self.progress: dict = {"state": "idle"}
+        self.reward_model = None  # the latest fitted or imported reward model
+
+    # ------------------------------------------------------------ control
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, by: str, resume_id: int | None = None) -> int:
+        with self.lock:
+            if self.running:
+                raise RuntimeError("a fine-tune round is already running")
+            if resume_id is None:
+                rid = self.store.create_round({"by": by, "settings": _settings_dict(self.settings)})
+            else:
+                rid = resume_id
+            self.cancel_event.clear()
+            self.progress = {"state": "starting", "round": rid, "rows": [], "epoch": 0,
+                             "epochs": self.settings.round_epochs, "started": time.time()}
+            self.thread = threading.Thread(target=self._run, args=(rid,), name=f"round-{rid}", daemon=True)
+            self.thread.start()
+            return rid
+
+    def cancel(self) -> bool:
+        if not self.running:
+            return False
+        self.cancel_event.set()
+        return True
+
+    def snapshot(self) -> dict:
+        """A copy of the progress for the UI (handlers run in a thread pool)."""
+        with self.lock:
+            p = dict(self.progress)
+            p["rows"] = list(p.get("rows", []))
+            return p
+
+    def _set(self, **kw) -> None:
+        with self.lock:
+            self.progress.update(kw)
+
+    # ------------------------------------------------------------ the round
+
+    def fit_reward_model(self, rid: int | None = None):
+        import reward_model
+        from rlcm.clip import load_clip
+
+        clip = load_clip(self.settings.clip, device="cpu", pretrained=self.settings.clip_pretrained)
+        rm, metrics = reward_model.fit(self.store, clip, reward_model.FitConfig())
+        out = self.settings.data_dir / "reward_models" / rm.version
+        directory, zip_path = reward_model.export(rm, out, metrics)
+        self.reward_model = rm
+        return rm, metrics, directory, zip_path
+
+    def _run(self, rid: int) -> None:
+        from rlcm.trainer import RLCMConfig, RLCMTrainer
+
+        s = self.settings
+        out = s.data_dir / "rounds" / str(rid)
+        try:
+            row = self.store.get_round(rid)
+            self.store.update_round(rid, status="running")
+            self._set(state="fitting reward model")
+            rm_dir = row.get("reward_model_version") and s.data_dir / "reward_models" / row["reward_model_version"]
+            if rm_dir and Path(rm_dir).exists():  # resuming: keep the reward model the round started with
+                import reward_model
+
+                rm = self.reward_model = reward_model.load(rm_dir)
+                metrics = rm.metrics or {}
+            else:
+                rm, metrics, rm_dir, _ = self.fit_reward_model(rid)
+            rm_metrics = {k: metrics.get(k) for k in ("accuracy", "log_loss", "n_pairs", "n_raters", "n_test")}
+            self.store.update_round(rid, reward_model_version=rm.version, metrics={"reward_model": rm_metrics})
+            self._set(state="training", reward_model=rm_metrics)
+            prev = self._previous_adapter(rid)
+            cfg = RLCMConfig(
+                model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
+                num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
+                prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16, train_batch_size=16,
+                eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
+                init_lora=str(prev) if prev else None, device=s.device, checkpoint_every=2,
+                mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no")
+            scorer = lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32)
+            trainer = RLCMTrainer(cfg, reward_fn=scorer, callbacks=[self._on_event])
+            if not (s.data_dir / "compare" / "base").exists():
+                with _adapters_off(trainer.pipe.unet):
+                    self.compare("base", trainer.sample_images)
+            trainer.train(stop=self.cancel_event)
+            if self.cancel_event.is_set():
+                self.store.update_round(rid, status="cancelled", finished_at=_now())
+                self._set(state="cancelled")
+                return
+            self.compare(f"round-{rid}", trainer.sample_images)
+            ev = [r for r in trainer.history if "eval_reward_mean" in r]
+            result = {"reward_model": rm_metrics, "epochs": trainer.epoch, "train_seconds": trainer.train_seconds,
+                      "reward_before": ev[0]["eval_reward_mean"] if ev else None,
+                      "reward_after": ev[-1]["eval_reward_mean"] if ev else None}
+            if ev and "eval_fidelity" in ev[0]:
+                result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=ev[-1]["eval_fidelity"])
+            self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result,
+                                    finished_at=_now())
+            self.on_done(rid, out / "lora")
+            self._set(state="done", result=result)
+        except Exception as e:  # the round fails; the served model and the database stay as they were
+            self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}", finished_at=_now())
+            self._set(state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
+
+    def _on_event(self, e: dict) -> None:
+        if e["type"] == "epoch":
+            with self.lock:
+                self.progress["epoch"] = e["epoch"]
+                self.progress["rows"] = self.progress.get("rows", []) + [
+                    {k: e[k] for k in ("epoch", "reward_mean", "eval_reward_mean", "eval_fidelity") if k in e}]
+
+    def _previous_adapter(self, rid: int) -> Path | None:
+        """The newest finished round's adapter: rounds build on each other."""
+        done = [r for r in self.store.rounds() if r["status"] == "done" and r["id"] < rid]
+        for r in sorted(done, key=lambda r: r["id"], reverse=True):
+            p = self.settings.data_dir / "rounds" / str(r["id"]) / "checkpoint" / "adapter.safetensors"
+            if p.exists():
+                return p
+        return None
+
+
+class _adapters_off:
+    """Context: sample from the base weights of a UNet that carries a fresh (or loaded) LoRA."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def __enter__(self):
+        self.unet.disable_adapters()
+
+    def __exit__(self, *a):
+        self.unet.enable_adapters()
+        return False
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _settings_dict(s: StudioSettings) -> dict:
+    d = asdict(s)
+    d.pop("admin_password", None)
+    d["data_dir"] = str(d["data_dir"])
+    return d

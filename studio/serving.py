@@ -1,0 +1,134 @@
+"""The served generator and its queue of pre-generated pairs.
+
+One pipeline serves every rater; one lock covers generation and LoRA swaps, so a swap never lands
+mid-generation (diffusers' hot swap replaces tensors one by one, and the scheduler keeps per-call state).
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from rlcm.pipelines import load_pipeline
+
+from .settings import StudioSettings
+
+BASE = "base"
+
+
+class ServedGenerator:
+    """Lazily loaded pipeline + the active LoRA version ("base" or "round-N")."""
+
+    def __init__(self, settings: StudioSettings):
+        self.settings = settings
+        self.lock = threading.RLock()
+        self._pipe = None
+        self.version = BASE
+        self._lora_loaded = False
+
+    @property
+    def pipe(self):
+        with self.lock:
+            if self._pipe is None:
+                self._pipe = load_pipeline(self.settings.model, self.settings.lcm_lora, self.settings.device)
+            return self._pipe
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> tuple[list, str]:
+        """Images for prompts with per-image seeds, and the version that made them."""
+        with self.lock:
+            pipe = self.pipe
+            gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
+            images = pipe(prompts, num_inference_steps=self.settings.steps, guidance_scale=self.settings.guidance,
+                          generator=gens).images
+            return images, self.version
+
+    def activate(self, version: str, lora_dir: str | Path | None) -> None:
+        """Serve `lora_dir` (or the base model when None) from the next generation on."""
+        with self.lock:
+            pipe = self.pipe
+            if lora_dir is None:
+                if self._lora_loaded:
+                    pipe.disable_lora()
+            elif not self._lora_loaded:
+                pipe.load_lora_weights(str(lora_dir), adapter_name="live")
+                self._lora_loaded = True
+            else:
+                pipe.load_lora_weights(str(lora_dir), adapter_name="live", hotswap=True)
+                pipe.enable_lora()
+            self.version = version
+
+
+class PairQueue:
+    """A background thread keeps `size` fresh pairs ready, so the next pair appears at once after a vote."""
+
+    def __init__(self, store, generator: ServedGenerator, prompts: list[str], size: int,
+                 earlier_fraction: float = 0.25, seed: int = 0):
+        self.store, self.gen, self.prompts = store, generator, prompts
+        self.q: queue.Queue = queue.Queue(maxsize=size)
+        self.earlier_fraction = earlier_fraction
+        self.rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pair-queue", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Drop queued pairs (after a model swap they show the old generator)."""
+        while True:
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                break
+        self._wake.set()
+
+    def make_pair(self) -> dict:
+        """Generate one pair now: two seeds of one prompt, sometimes against an earlier generator's sample."""
+        prompt = self.rng.choice(self.prompts)
+        seeds = [self.rng.randrange(2**31) for _ in range(2)]
+        images, version = self.gen.generate([prompt, prompt], seeds)
+        steps, guidance = self.gen.settings.steps, self.gen.settings.guidance
+        ids = [self.store.add_sample(im, prompt, s, steps, guidance, generator=version)
+               for im, s in zip(images, seeds)]
+        if self.rng.random() < self.earlier_fraction:
+            older = [s for s in self.store.samples() if s["prompt"] == prompt and s["generator"] != version]
+            if older:
+                ids[1] = self.rng.choice(older)["id"]
+        if self.rng.random() < 0.5:
+            ids.reverse()  # left/right carries no information
+        return {"prompt": prompt, "a": ids[0], "b": ids[1], "version": version}
+
+    def get(self, timeout: float = 0.0) -> dict:
+        try:
+            pair = self.q.get(timeout=timeout) if timeout else self.q.get_nowait()
+        except queue.Empty:
+            pair = self.make_pair()  # queue drained faster than it fills: generate in the caller
+        self._wake.set()
+        return pair
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.q.full():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            try:
+                self.q.put(self.make_pair(), timeout=1.0)
+            except queue.Full:
+                pass
+            except Exception as e:  # keep serving; the error shows in the status line
+                self.errors.append(f"{time.strftime('%H:%M:%S')} {type(e).__name__}: {e}")
+                self._stop.wait(2.0)
