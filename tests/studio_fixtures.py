@@ -1,0 +1,40 @@
+"""A launched studio on the shipped toy models, for the app and browser tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import MODELS
+
+PASSWORD = "s3cret-admin"
+
+
+def launch_studio(tmp: Path, **overrides):
+    if not (MODELS / "toy-lcm").exists() or not (MODELS / "toy-clip").exists():
+        pytest.skip("toy models not built yet (python -m rlcm.toy.build)")
+    from app import build_app, launch_kwargs
+    from studio.runtime import Studio
+    from studio.settings import StudioSettings
+
+    settings = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp,
+                              admin_password=PASSWORD, round_epochs=4, round_prompts=4, queue_size=4,
+                              snapshot_every_s=0, compare_prompts=4, **overrides)
+    studio = Studio(settings)
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    return studio, demo
+
+
+def label_pairs(client, n: int, rater: str = "sim") -> None:
+    """Label pairs through the API with a consistent simulated taste (warm colours)."""
+    from feedback.raters import warm_colours
+
+    for _ in range(n):
+        p = client.predict(api_name="/next_pair")
+        from PIL import Image
+
+        st = client._studio  # the test's own handle, to read images as the browser would see them
+        a, b = Image.open(st.store.image_path(p["a"])), Image.open(st.store.image_path(p["b"]))
+        client.predict(rater, p["a"], p["b"], warm_colours(a, b, p["prompt"]), p["client_id"], api_name="/vote")

@@ -1,0 +1,111 @@
+"""The Gradio app through gradio_client: votes recorded exactly, admin-only actions, bad input, a live round."""
+
+import time
+import uuid
+
+import pytest
+from gradio_client import Client
+
+from .studio_fixtures import PASSWORD, label_pairs, launch_studio
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    studio, demo = launch_studio(tmp_path_factory.mktemp("studio"))
+    client = Client(demo.local_url, verbose=False)
+    client._studio = studio
+    yield studio, client
+    studio.close()
+    demo.close()
+
+
+def counts(studio):
+    return studio.store.counts()
+
+
+def test_vote_is_recorded_exactly_once(app):
+    studio, client = app
+    p = client.predict(api_name="/next_pair")
+    assert p["a"] != p["b"] and studio.store.get_sample(p["a"])["prompt"] == p["prompt"]
+    before = counts(studio)["comparisons"]
+    r1 = client.predict("alice", p["a"], p["b"], "b", p["client_id"], api_name="/vote")
+    r2 = client.predict("alice", p["a"], p["b"], "b", p["client_id"], api_name="/vote")  # a retried submit
+    assert r1["created"] and not r2["created"] and r1["id"] == r2["id"]
+    rows = [c for c in studio.store.comparisons(include_skips=True) if c["id"] == r1["id"]]
+    assert len(rows) == 1 and counts(studio)["comparisons"] == before + 1
+    row = rows[0]
+    assert (row["sample_a"], row["sample_b"], row["choice"], row["rater"]) == (p["a"], p["b"], "b", "alice")
+    undone = client.predict("alice", api_name="/undo")
+    assert undone["undone"] == r1["id"] and counts(studio)["comparisons"] == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (("alice", "unknown-sample", None, "a"), "unknown"),
+    (("alice", None, None, "maybe"), "choice"),
+    (("", None, None, "a"), "name"),
+])
+def test_bad_votes_are_refused_and_change_nothing(app, args, message):
+    studio, client = app
+    p = client.predict(api_name="/next_pair")
+    rater, a, b, choice = args
+    before = counts(studio)
+    with pytest.raises(Exception, match=f"(?i){message}"):
+        client.predict(rater, a or p["a"], b or p["b"], choice, str(uuid.uuid4()), api_name="/vote")
+    assert counts(studio)["comparisons"] == before["comparisons"]
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "x" * 5000])
+def test_bad_prompts_are_refused(app, prompt):
+    studio, client = app
+    before = counts(studio)["samples"]
+    with pytest.raises(Exception, match="(?i)prompt"):
+        client.predict(prompt, 0, api_name="/generate")
+    assert counts(studio)["samples"] <= before + studio.queue.q.maxsize * 2  # only the queue may have grown
+
+
+def test_malformed_upload_is_refused(app, tmp_path):
+    studio, client = app
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    before = counts(studio)
+    with pytest.raises(Exception):
+        client.predict(PASSWORD, str(bad), api_name="/import_data")
+    assert counts(studio)["comparisons"] == before["comparisons"]
+
+
+@pytest.mark.parametrize("endpoint, args", [
+    ("/start_round", ()), ("/cancel_round", ()), ("/activate", ("base",)),
+    ("/save_settings", (3, 5.0, 2, 0)), ("/fit_reward_model", ()),
+])
+def test_admin_endpoints_refuse_non_admins(app, endpoint, args):
+    studio, client = app
+    rounds, steps = len(studio.store.rounds()), studio.settings.steps
+    with pytest.raises(Exception, match="(?i)admin"):
+        client.predict("not-the-password", *args, api_name=endpoint)
+    assert len(studio.store.rounds()) == rounds and studio.settings.steps == steps
+
+
+def test_round_runs_and_the_served_model_changes(app):
+    studio, client = app
+    label_pairs(client, 24)
+    seed_images = studio.generator.generate(["a red circle on a blue background"], [123])[0][0]
+    assert client.predict(PASSWORD, api_name="/start_round").startswith("round")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        st = client.predict(api_name="/status")
+        if st["round"].get("state") in ("done", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    assert st["round"]["state"] == "done", st["round"]
+    assert st["version"].startswith("round-")
+    after = studio.generator.generate(["a red circle on a blue background"], [123])[0][0]
+    import numpy as np
+
+    assert not np.array_equal(np.asarray(seed_images), np.asarray(after))  # the served LoRA changed the model
+    row = studio.store.rounds()[-1]
+    assert row["status"] == "done" and row["metrics"]["reward_after"] is not None
+    _, table = client.predict(api_name="/compare")
+    assert [r[0] for r in table["data"]] == ["base", st["version"]]
+    # any version can be made active again
+    assert "base" in client.predict(PASSWORD, "base", api_name="/activate")
+    assert studio.generator.version == "base"

@@ -1,0 +1,72 @@
+"""Rewards: JPEG size both ways, the registry's errors, toy fidelity, CLIP alignment, the aesthetic head."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rlcm.rewards import AsyncReward, get_reward
+from rlcm.toy import world
+
+
+def flat_and_noisy():
+    flat = Image.new("RGB", (64, 64), (0, 0, 255))
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    return [flat, noisy]
+
+
+def test_jpeg_rewards_are_opposite():
+    imgs = flat_and_noisy()
+    comp = get_reward("jpeg_compressibility")(imgs, ["", ""])
+    incomp = get_reward("jpeg_incompressibility")(imgs, ["", ""])
+    assert comp[0] > comp[1] and incomp[1] > incomp[0] and np.allclose(comp, -incomp)
+    assert incomp[1] > 5  # kB: a noise image at quality 95 is large
+
+
+def test_unknown_reward_lists_valid_names():
+    with pytest.raises(ValueError, match="jpeg_compressibility"):
+        get_reward("beauty")
+
+
+def test_toy_fidelity_reward():
+    sc = world.sample_scene(2, two_object_prob=0.0)
+    r = get_reward("toy_fidelity")([world.render(sc), Image.new("RGB", (64, 64))], [world.caption(sc)] * 2)
+    assert r[0] == 1.0 and r[1] < 1.0
+
+
+def test_async_reward_matches_sync():
+    fn = get_reward("jpeg_compressibility")
+    ar = AsyncReward(fn)
+    imgs = flat_and_noisy()
+    assert np.array_equal(ar.submit(imgs, ["", ""]).result(), fn(imgs, ["", ""]))
+    ar.close()
+
+
+def test_aesthetic_needs_weights_and_says_so_offline(tmp_path):
+    with pytest.raises(ValueError, match="weights"):
+        get_reward("aesthetic")
+    with pytest.raises((RuntimeError, FileNotFoundError), match="(?i)offline|no such file"):
+        get_reward("aesthetic", weights="camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth")
+
+
+def test_aesthetic_head_on_a_local_clip(toy_clip_path, tmp_path):
+    """The LAION head layout (linear chain, keys layers.N) on the toy CLIP's 64-d embeddings."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    state = {"layers.0.weight": torch.randn(16, 64), "layers.0.bias": torch.zeros(16),
+             "layers.2.weight": torch.randn(1, 16), "layers.2.bias": torch.zeros(1)}
+    save_file(state, tmp_path / "head.safetensors")
+    fn = get_reward("aesthetic", weights=str(tmp_path / "head.safetensors"), clip=str(toy_clip_path), pretrained=None)
+    r = fn(flat_and_noisy(), ["", ""])
+    assert r.shape == (2,) and np.isfinite(r).all() and r[0] != r[1]
+
+
+def test_clip_alignment_prefers_matching_prompt(toy_clip_path):
+    sc = world.sample_scene(9, two_object_prob=0.0)
+    img = world.render(sc)
+    other = next(c for c in world.COLORS if c not in (sc.bg_color, sc.objects[0].color))
+    true = world.caption(sc, drop=False)
+    r = get_reward("clip_alignment", clip=str(toy_clip_path))([img, img], [true, true.replace(
+        f"{sc.bg_color} background", f"{other} background")])
+    assert r[0] > r[1]
