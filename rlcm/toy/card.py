@@ -5,6 +5,26 @@ from __future__ import annotations
 import time
 
 
+def stage_minutes(log_path) -> dict[str, float]:
+    """Wall-clock minutes of each build stage, from the `[HH:MM:SS] == stage NAME` lines of build.log."""
+    import re
+    from pathlib import Path
+
+    path = Path(log_path)
+    if not path.exists():
+        return {}
+    marks = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = re.match(r"\[(\d\d):(\d\d):(\d\d)\] (== stage (\w+)|done)", line)
+        if m:
+            h, mi, se = map(int, m.groups()[:3])
+            marks.append((m.group(5) or "done", h * 3600 + mi * 60 + se))
+    out: dict[str, float] = {}
+    for (name, t), (_, t_next) in zip(marks, marks[1:]):
+        out[name] = out.get(name, 0.0) + ((t_next - t) % 86400) / 60
+    return out
+
+
 def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
     lines = [
         "# Embedded toy-world models",
@@ -34,6 +54,10 @@ def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
         f"EMA target {cfg.ema_decay}, pseudo-Huber loss), {cfg.lcd_steps} steps at batch {cfg.lcd_batch}",
         f"- CLIP: ViT 4x128 on 8 px patches, text 3x64, contrastive with attribute-swapped hard negatives, "
         f"{cfg.clip_steps} steps at batch {cfg.clip_batch}",
+        "",
+        "Wall-clock per stage on this 2-core CPU (from data/build/build.log; other work shared the CPU at "
+        "times): " + (", ".join(f"{k} {v:.0f} min" for k, v in stage_minutes(cfg.work / "build.log").items())
+                      or "not recorded") + ".",
         "",
         f"## Prompt fidelity on {cfg.card_prompts} held-out prompts x 2 seeds (toy checker)",
         "",
