@@ -126,18 +126,22 @@ def main() -> None:
             _, m = rm.fit(everything, clip, cache=cache)
             fit_time = (len(everything), time.perf_counter() - t, m)
 
-    print(f"\nImages: {source}. Backbone: {clip_note}. Held-out pairs: all same-prompt pairs of "
-          f"{n_eval_prompts} prompts never used for fitting. Default FitConfig.\n")
-    print("| rater | " + " | ".join(f"{n} labels" for n in sizes) + " | held-out pairs |")
-    print("|---|" + "---|" * (len(sizes) + 1))
+    lines = [f"Images: {source}. Backbone: {clip_note}. Held-out pairs: all same-prompt pairs of "
+             f"{n_eval_prompts} prompts never used for fitting. Default FitConfig.", "",
+             "| rater | " + " | ".join(f"{n} labels" for n in sizes) + " | held-out pairs |",
+             "|---|" + "---|" * (len(sizes) + 1)]
     for name, curve, n_held in rows:
         cells = [f"{c['accuracy']:.3f}" if c["accuracy"] is not None else "–" for c in curve]
-        print(f"| {name} | " + " | ".join(cells) + f" | {n_held} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {n_held} |")
     n, seconds, m = fit_time
-    print(f"\nfit on {n} pairs with embeddings cached: {seconds:.2f}s "
-          f"(head training {m['fit_seconds']:.2f}s, {torch.get_num_threads()} thread(s)); "
-          f"its own held-out accuracy {m['accuracy']:.3f}")
+    lines += ["", f"Fit on {n} pairs with embeddings cached: {seconds:.2f}s "
+              f"(head training {m['fit_seconds']:.2f}s, {torch.get_num_threads()} thread(s)); "
+              f"its own held-out accuracy {m['accuracy']:.3f}."]
+    md = "\n".join(lines)
+    print("\n" + md)
+    from results import results_path, update_section
 
+    update_section("Reward model: held-out accuracy versus labels", md, path=results_path(args.quick))
 
 if __name__ == "__main__":
     main()

@@ -63,7 +63,7 @@ def main() -> None:
                      f"{100 * r['fid_before']:.1f}% → {100 * r['fid_after']:.1f}% |")
     lines += ["", "Held-out: 64 prompts of attribute combinations never used in training, fixed seeds. "
               "RLCM defaults of `RLCMConfig` (4 steps, guidance 8, LoRA r8, 32 samples per epoch, one optimiser "
-              "step per epoch).", ""] + [f"![{r['reward']}]({Path(r['png']).name})" for r in rows]
+              "step per epoch).", ""] + [f"![{r['reward']}](figures/{Path(r['png']).name})" for r in rows]
     md = "\n".join(lines)
     print(md)
     if not args.quick:
@@ -72,7 +72,8 @@ def main() -> None:
         for r in rows:
             import shutil
 
-            shutil.copy(r["png"], Path(__file__).parent / Path(r["png"]).name)
+            (Path(__file__).parent / "figures").mkdir(exist_ok=True)
+            shutil.copy(r["png"], Path(__file__).parent / "figures" / Path(r["png"]).name)
         update_section("RLCM on the toy LCM: JPEG compressibility and incompressibility", md)
 
 
