@@ -77,8 +77,8 @@ class _Policy:
         cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, self.uses_cfg, negative_prompt=None)
         return torch.cat([uncond, cond]) if self.uses_cfg else cond
 
-    def eps(self, unet, x: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
-        """The UNet's noise prediction at (x, t), guided as the pipeline guides it."""
+    def predict(self, unet, x: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
+        """The UNet output (eps or v) at (x, t), guided as the pipeline guides it."""
         b = x.shape[0]
         cond = None
         if self.uses_w_embedding:
@@ -107,6 +107,16 @@ class _Policy:
     def _step(self, unet, x, i: int, embeds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, std, clean) of the action at step index i."""
         raise NotImplementedError
+
+    def x0_eps(self, out: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean sample and noise from the model output, as the scheduler reads it (eps or v prediction)."""
+        sa, sb = a.sqrt().to(x.dtype), (1 - a).sqrt().to(x.dtype)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return (x - sb * out) / sa, out
+        if kind == "v_prediction":
+            return sa * x - sb * out, sa * out + sb * x
+        raise ValueError(f"prediction_type {kind!r} is not supported; valid: epsilon, v_prediction")
 
     def _batch_embeds(self, embeds: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
         if not self.uses_cfg:
@@ -159,10 +169,10 @@ class LCMPolicy(_Policy):
         t = s.timesteps[i]
         a = self.alphas[t]
         a_prev = self.alphas[s.timesteps[i + 1]] if i + 1 < len(s.timesteps) else torch.tensor(1.0)
-        eps = self.eps(unet, x, t, embeds)
-        # 3. boundary conditions; 4. x0 from eps; 6. denoised (LCMScheduler.step numbering)
+        out = self.predict(unet, x, t, embeds)
+        # 3. boundary conditions; 4. x0 from the model output; 6. denoised (LCMScheduler.step numbering)
         c_skip, c_out = s.get_scalings_for_boundary_condition_discrete(t)
-        x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+        x0, _ = self.x0_eps(out, x, a)
         denoised = c_out * x0 + c_skip * x
         # 7. the policy: x' ~ N(sqrt(a') denoised, (1 - a') I)
         mean = a_prev.sqrt().to(x.dtype) * denoised
@@ -184,8 +194,7 @@ class DDIMPolicy(_Policy):
         prev_t = t - s.config.num_train_timesteps // s.num_inference_steps
         a = self.alphas[t]
         a_prev = self.alphas[prev_t] if prev_t >= 0 else s.final_alpha_cumprod.float()
-        eps = self.eps(unet, x, t, embeds)
-        x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+        x0, eps = self.x0_eps(self.predict(unet, x, t, embeds), x, a)
         var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
         std = self.eta * var.sqrt()
         mean = a_prev.sqrt().to(x.dtype) * x0 + (1 - a_prev - std**2).sqrt().to(x.dtype) * eps
