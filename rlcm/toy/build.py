@@ -7,6 +7,7 @@ Stages (each resumable from checkpoints under `--work`, skipped when its output 
   teacher  latent diffusion teacher: UNet + text encoder, eps-prediction, min-SNR, CFG dropout
   lcd      latent consistency distillation with the w (guidance) embedding, as in the LCM paper
   clip     a tiny open_clip model trained contrastively with attribute-swapped hard negatives
+  shrink   store the UNets and the CLIP in fp16 (they load back as fp32; the card measures these weights)
   card     evaluate everything on held-out prompts and write data/models/README.md
 """
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from . import models, world
 
-STAGES = ("data", "vae", "latents", "teacher", "lcd", "clip", "card")
+STAGES = ("data", "vae", "latents", "teacher", "lcd", "clip", "shrink", "card")
 
 
 @dataclass
@@ -507,6 +508,24 @@ def clip_retrieval(model_dir: Path, n: int = 300) -> float:
         scores = clip.score([world.render(sc)] * len(caps), caps)
         hits += int(scores.argmax().item() == 0)
     return hits / n
+
+
+# ---------------------------------------------------------------- fp16 storage
+
+
+def stage_shrink(cfg: BuildConfig) -> None:
+    """UNet and CLIP weights to fp16 on disk (halves the repo size). VAE and text encoder stay fp32:
+    they are small, and transformers would load an fp16 text encoder as fp16."""
+    from safetensors.torch import load_file, save_file
+
+    files = [cfg.out / m / "unet" / "diffusion_pytorch_model.safetensors" for m in ("toy-lcm", "toy-teacher")]
+    files.append(cfg.out / "toy-clip" / "open_clip_model.safetensors")
+    for f in files:
+        sd = load_file(f)
+        if all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point()):
+            continue
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, f, metadata={"format": "pt"})
+        log(f"{f.relative_to(cfg.out)} -> fp16 ({f.stat().st_size / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- model card
