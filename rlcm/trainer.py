@@ -48,7 +48,7 @@ class RLCMConfig:
     train_batch_size: int = 16  # samples per gradient forward pass
     optimizer_steps_per_epoch: int = 1  # the paper: one; gradients accumulate over samples and timesteps
     inner_epochs: int = 1  # PPO passes over each round's samples
-    lr: float = 3e-4
+    lr: float = 5e-4  # the paper uses 1e-4 with 256 samples per round; the toy default takes 32
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-4
@@ -61,7 +61,7 @@ class RLCMConfig:
     init_lora: str | None = None  # peft-format adapter.safetensors to start from (a previous round's)
     per_prompt_stat_tracking: bool = True
     stat_buffer_size: int = 32
-    stat_min_count: int = 16
+    stat_min_count: int = 4  # >= images_per_prompt: each prompt is normalised by its own rewards from the start
     eval_every: int = 5  # epochs between held-out evaluations (0: never)
     eval_prompts: int = 32
     eval_seeds: int = 1

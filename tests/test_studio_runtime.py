@@ -1,0 +1,94 @@
+"""The studio runtime without Gradio: a failed round changes nothing served; a restart picks everything up."""
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from .conftest import MODELS
+from .studio_fixtures import PASSWORD
+
+
+def make_studio(tmp_path, **kw):
+    if not (MODELS / "toy-lcm").exists() or not (MODELS / "toy-clip").exists():
+        pytest.skip("toy models not built yet")
+    from studio.runtime import Studio
+    from studio.settings import StudioSettings
+
+    s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
+                       admin_password=PASSWORD, round_epochs=2, round_prompts=2, queue_size=2, snapshot_every_s=0,
+                       compare_prompts=2, **kw)
+    return Studio(s)
+
+
+def label(studio, n):
+    from PIL import Image
+
+    from feedback.raters import warm_colours
+
+    for _ in range(n):
+        p = studio.next_pair()
+        choice = warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"])
+        studio.vote("sim", p["a"], p["b"], choice, str(uuid.uuid4()))
+
+
+def wait_round(studio, timeout=300):
+    end = time.time() + timeout
+    while studio.rounds.running and time.time() < end:
+        time.sleep(0.5)
+    return studio.rounds.snapshot()
+
+
+def test_admin_check():
+    from studio.runtime import Studio
+
+    st = Studio.__new__(Studio)
+    from studio.settings import StudioSettings
+
+    st.settings = StudioSettings(admin_password="pw", admin_users=("alice",))
+    assert st.check_admin("pw") == "admin" and st.check_admin(None, "alice") == "alice"
+    for bad in (("", None), ("PW", None), (None, "mallory"), (None, None)):
+        with pytest.raises(PermissionError):
+            st.check_admin(*bad)
+
+
+def test_too_few_labels_refuse_a_round(tmp_path):
+    studio = make_studio(tmp_path)
+    with pytest.raises(ValueError, match="at least 8"):
+        studio.start_round("admin")
+    assert studio.store.rounds() == []
+    studio.close()
+
+
+def test_failed_round_is_marked_and_serving_goes_on(tmp_path):
+    studio = make_studio(tmp_path)
+    label(studio, 10)
+    studio.settings.clip = str(tmp_path / "no-such-clip")  # the reward-model fit will fail
+    before = studio.generator.generate(["a red circle"], [5])[0][0]
+    studio.start_round("admin")
+    p = wait_round(studio)
+    assert p["state"] == "failed" and "clip" in p["error"].lower()
+    row = studio.store.rounds()[-1]
+    assert row["status"] == "failed" and row["error"]
+    assert studio.generator.version == "base"
+    assert np.array_equal(np.asarray(before), np.asarray(studio.generator.generate(["a red circle"], [5])[0][0]))
+    assert studio.next_pair()["a"]  # still serving pairs
+    studio.close()
+
+
+def test_restart_restores_database_active_lora_and_compare(tmp_path):
+    studio = make_studio(tmp_path)
+    label(studio, 12)
+    studio.start_round("admin")
+    assert wait_round(studio)["state"] == "done"
+    version = studio.generator.version
+    served = np.asarray(studio.generator.generate(["a blue star"], [9])[0][0])
+    counts = studio.store.counts()
+    studio.close()
+    again = make_studio(tmp_path)  # a restart on the same data directory
+    assert again.store.counts()["labelled"] == counts["labelled"]
+    assert again.generator.version == version == "round-1"
+    assert np.array_equal(served, np.asarray(again.generator.generate(["a blue star"], [9])[0][0]))
+    assert [r["version"] for r in again.compare()] == ["base", "round-1"]
+    again.close()
