@@ -283,7 +283,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 raise gr.Error(str(e)) from None
             return {"id": row["id"], "created": row["created"]}
 
-        @gr.api(api_name="undo")
+        @gr.api(api_name="undo_vote")
         def api_undo(rater: str) -> dict:
             row = studio.undo(studio.rater_name(rater))
             return {"undone": row["id"] if row else None}
@@ -295,7 +295,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             st["round"] = {k: v for k, v in st["round"].items() if k != "trace"}
             return st
 
-        @gr.api(api_name="import_data")
+        @gr.api(api_name="import_preferences")
         def api_import_data(password: str, path: str) -> dict:
             try:
                 studio.check_admin(password)

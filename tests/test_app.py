@@ -35,7 +35,7 @@ def test_vote_is_recorded_exactly_once(app):
     assert len(rows) == 1 and counts(studio)["comparisons"] == before + 1
     row = rows[0]
     assert (row["sample_a"], row["sample_b"], row["choice"], row["rater"]) == (p["a"], p["b"], "b", "alice")
-    undone = client.predict("alice", api_name="/undo")
+    undone = client.predict("alice", api_name="/undo_vote")
     assert undone["undone"] == r1["id"] and counts(studio)["comparisons"] == before
 
 
@@ -54,7 +54,7 @@ def test_bad_votes_are_refused_and_change_nothing(app, args, message):
     assert counts(studio)["comparisons"] == before["comparisons"]
 
 
-@pytest.mark.parametrize("prompt", ["", "   ", "x" * 5000])
+@pytest.mark.parametrize("prompt", ["", "   ", "x" * 5000], ids=["empty", "blank", "huge"])
 def test_bad_prompts_are_refused(app, prompt):
     studio, client = app
     before = counts(studio)["samples"]
@@ -69,7 +69,7 @@ def test_malformed_upload_is_refused(app, tmp_path):
     bad.write_bytes(b"PAR1 this is not parquet")
     before = counts(studio)
     with pytest.raises(Exception):
-        client.predict(PASSWORD, str(bad), api_name="/import_data")
+        client.predict(PASSWORD, str(bad), api_name="/import_preferences")
     assert counts(studio)["comparisons"] == before["comparisons"]
 
 

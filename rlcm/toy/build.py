@@ -569,9 +569,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=BuildConfig.work)
     p.add_argument("--teacher-steps", type=int, default=BuildConfig.teacher_steps)
     p.add_argument("--lcd-steps", type=int, default=BuildConfig.lcd_steps)
+    p.add_argument("--clip-steps", type=int, default=BuildConfig.clip_steps)
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage, to check the wiring")
     args = p.parse_args(argv)
-    cfg = BuildConfig(out=args.out, work=args.work, teacher_steps=args.teacher_steps, lcd_steps=args.lcd_steps)
+    cfg = BuildConfig(out=args.out, work=args.work, teacher_steps=args.teacher_steps, lcd_steps=args.lcd_steps,
+                      clip_steps=args.clip_steps)
     if args.smoke:
         cfg = BuildConfig(out=args.out, work=args.work, n_scenes=300, vae_steps=3, teacher_steps=3, lcd_steps=3,
                           clip_steps=3, eval_every=2, card_prompts=8)
