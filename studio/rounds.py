@@ -105,7 +105,8 @@ class RoundRunner:
             cfg = RLCMConfig(
                 model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
                 num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
-                prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16, train_batch_size=16,
+                prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16,
+                train_batch_size=min(16, s.round_prompts * 4),
                 eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
                 init_lora=str(prev) if prev else None, device=s.device, checkpoint_every=2,
                 mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no")

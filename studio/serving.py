@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rlcm.pipelines import load_pipeline
+from rlcm.pipelines import LOAD_LOCK, load_pipeline
 
 from .settings import StudioSettings
 
@@ -49,13 +49,13 @@ class ServedGenerator:
 
     def activate(self, version: str, lora_dir: str | Path | None) -> None:
         """Serve `lora_dir` (or the base model when None) from the next generation on."""
-        with self.lock:
+        with self.lock, LOAD_LOCK:
             pipe = self.pipe
             if lora_dir is None:
                 if self._lora_loaded:
                     pipe.disable_lora()
             elif not self._lora_loaded:
-                pipe.load_lora_weights(str(lora_dir), adapter_name="live")
+                pipe.load_lora_weights(str(lora_dir), adapter_name="live", low_cpu_mem_usage=False)
                 self._lora_loaded = True
             else:
                 pipe.load_lora_weights(str(lora_dir), adapter_name="live", hotswap=True)
@@ -82,9 +82,11 @@ class PairQueue:
             self._thread = threading.Thread(target=self._run, name="pair-queue", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=wait)
 
     def flush(self) -> None:
         """Drop queued pairs (after a model swap they show the old generator)."""
