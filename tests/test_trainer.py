@@ -80,39 +80,16 @@ def test_checkpoint_resume(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
-def _two_rank_worker():
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import gather_object
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # forked from a process that had a 1-rank state
-    acc = Accelerator(cpu=True)
-    out = os.environ["RLCM_TEST_OUT"]
-    pipe = lcm_pipeline("tiny", seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    cfg = RLCMConfig(model="tiny", epochs=1, prompts_per_epoch=2, images_per_prompt=2, sample_batch_size=4,
-                     train_batch_size=4, num_steps=3, eval_every=0, lr=1e-2, lora_rank=4, lora_alpha=4,
-                     output_dir=out, train_prompts=4)
-    torch.manual_seed(0)  # identical LoRA init on both ranks
-    tr = RLCMTrainer(cfg, pipe=pipe, reward_fn=brightness, accelerator=acc)
-    before = torch.cat([p.detach().flatten().clone() for p in tr.params])
-    trajs, rewards, prompts = tr._sample_epoch()
-    adv, _ = tr._advantages(rewards, prompts)
-    tr._train_epoch(trajs, adv)
-    after = torch.cat([p.detach().flatten() for p in tr.params])
-    rows = gather_object([{"rank": acc.process_index, "world": acc.num_processes,
-                           "rewards": rewards.tolist(), "before": before.sum().item(),
-                           "delta": (after - before).tolist()}])
-    if acc.is_main_process:
-        with open(os.path.join(out, "ranks.json"), "w") as f:
-            json.dump(rows, f)
-
-
 def test_two_cpu_processes_synchronise_gradients(tmp_path):
-    from accelerate import debug_launcher
+    """Two gloo ranks via accelerate.debug_launcher, started from a fresh interpreter: forking the test process
+    (which holds server and worker threads from other tests) can deadlock the children."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    os.environ["RLCM_TEST_OUT"] = str(tmp_path)
-    debug_launcher(_two_rank_worker, num_processes=2)
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "tests.two_ranks", str(tmp_path)], cwd=root, check=True, timeout=600,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     rows = json.loads((tmp_path / "ranks.json").read_text())
     assert len(rows) == 2 and rows[0]["world"] == 2
     assert rows[0]["rewards"] != rows[1]["rewards"]  # each rank sampled its own data
