@@ -46,6 +46,27 @@ def _err(fn):
     return wrapped
 
 
+def _curve_figure(rows: list[dict]):
+    """The round's reward curve as a matplotlib figure (train mean per epoch, held-out at evaluations)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    for key, label, style in (("reward_mean", "train", "-"), ("eval_reward_mean", "held-out", "o-")):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), style, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("reward (learned)")
+    if rows:
+        ax.legend(loc="best")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def _username(request: gr.Request | None) -> str | None:
     """The Hugging Face username of a signed-in visitor (Spaces with hf_oauth), else None."""
     if request is None or not os.environ.get("SPACE_ID"):
@@ -103,10 +124,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     def train_status():
         p = studio.rounds.snapshot()
         rows = p.get("rows", [])
-        df = pd.DataFrame([
-            {"epoch": r["epoch"], "reward": r[k], "series": label}
-            for r in rows for k, label in (("reward_mean", "train"), ("eval_reward_mean", "held-out")) if k in r
-        ], columns=["epoch", "reward", "series"])
+        fig = _curve_figure(rows)
         state = p.get("state", "idle")
         text = f"**{state}**"
         if "round" in p:
@@ -119,7 +137,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         hist = pd.DataFrame([{"round": r["id"], "status": r["status"], "by": (r.get("config") or {}).get("by"),
                               **{k: v for k, v in (r.get("metrics") or {}).items() if not isinstance(v, dict)},
                               "created": r.get("created_at")} for r in studio.store.rounds()])
-        return text, df, hist, gr.update(choices=studio.versions(), value=studio.generator.version)
+        return text, fig, hist, gr.update(choices=studio.versions(), value=studio.generator.version)
 
     def compare_view():
         rows = studio.compare()
@@ -190,9 +208,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     b_start = gr.Button("Start fine-tune round", variant="primary", elem_id="btn-start-round")
                     b_cancel = gr.Button("Cancel round", elem_id="btn-cancel-round")
                 train_md = gr.Markdown("idle", elem_id="train-status")
-                curve = gr.LinePlot(pd.DataFrame(columns=["epoch", "reward", "series"]), x="epoch", y="reward",
-                                    color="series", title="reward under the learned reward model",
-                                    elem_id="reward-curve", height=280)
+                curve = gr.Plot(_curve_figure([]), label="reward under the learned reward model",
+                                elem_id="reward-curve")
                 history = gr.Dataframe(label="rounds", interactive=False, elem_id="round-history")
                 with gr.Row():
                     version = gr.Dropdown(label="serve version", choices=studio.versions(),

@@ -80,7 +80,7 @@ def test_round_as_admin_with_live_progress_and_compare(page):
     assert wait_until(lambda: "epoch 1/" in pg.locator("#train-status").inner_text()
                       or "epoch 2/" in pg.locator("#train-status").inner_text(), 180)
     pg.screenshot(path=str(ARTIFACTS / "tab-train-running.png"), full_page=True)
-    assert wait_until(lambda: pg.locator("#reward-curve canvas, #reward-curve svg").count() > 0, 60)
+    assert wait_until(lambda: pg.locator("#reward-curve img, #reward-curve canvas, #reward-curve svg").count() > 0, 60)
     assert wait_until(lambda: "done" in pg.locator("#train-status").inner_text(), 600)
     pg.screenshot(path=str(ARTIFACTS / "tab-train-done.png"), full_page=True)
     assert studio.generator.version.startswith("round-")
