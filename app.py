@@ -13,6 +13,7 @@ import uuid
 import gradio as gr
 import pandas as pd
 
+from rlcm.plot import reward_figure
 from studio.runtime import Studio
 from studio.settings import StudioSettings
 
@@ -44,27 +45,6 @@ def _err(fn):
             raise gr.Error(str(e).strip("'\"")) from None
 
     return wrapped
-
-
-def _curve_figure(rows: list[dict]):
-    """The round's reward curve as a matplotlib figure (train mean per epoch, held-out at evaluations)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 2.8))
-    for key, label, style in (("reward_mean", "train", "-"), ("eval_reward_mean", "held-out", "o-")):
-        pts = [(r["epoch"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), style, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("reward (learned)")
-    if rows:
-        ax.legend(loc="best")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 def _username(request: gr.Request | None) -> str | None:
@@ -124,7 +104,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     def train_status():
         p = studio.rounds.snapshot()
         rows = p.get("rows", [])
-        fig = _curve_figure(rows)
+        fig = reward_figure(rows, "reward under the learned reward model", (7, 2.8))
         state = p.get("state", "idle")
         text = f"**{state}**"
         if "round" in p:
@@ -208,7 +188,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     b_start = gr.Button("Start fine-tune round", variant="primary", elem_id="btn-start-round")
                     b_cancel = gr.Button("Cancel round", elem_id="btn-cancel-round")
                 train_md = gr.Markdown("idle", elem_id="train-status")
-                curve = gr.Plot(_curve_figure([]), label="reward under the learned reward model",
+                curve = gr.Plot(reward_figure([], "reward under the learned reward model", (7, 2.8)),
+                                label="reward under the learned reward model",
                                 elem_id="reward-curve")
                 history = gr.Dataframe(label="rounds", interactive=False, elem_id="round-history")
                 with gr.Row():

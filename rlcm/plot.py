@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def reward_curve(rows: list[dict], path: str | Path, title: str = "RLCM") -> Path:
+def reward_figure(rows: list[dict], title: str = "RLCM", size: tuple[float, float] = (6, 3.5)):
+    """Train reward per epoch and held-out reward at evaluations, as a closed matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=size)
     tr = [r for r in rows if "reward_mean" in r]
     ev = [r for r in rows if "eval_reward_mean" in r]
     if tr:
@@ -21,8 +22,13 @@ def reward_curve(rows: list[dict], path: str | Path, title: str = "RLCM") -> Pat
     ax.set_xlabel("epoch")
     ax.set_ylabel("reward")
     ax.set_title(title)
-    ax.legend()
+    if tr or ev:
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
+
+
+def reward_curve(rows: list[dict], path: str | Path, title: str = "RLCM") -> Path:
+    reward_figure(rows, title).savefig(path, dpi=100)
     return Path(path)

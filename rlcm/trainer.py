@@ -218,6 +218,7 @@ class RLCMTrainer:
         self.unet.train()
         # flatten batches: (traj index, row) pairs, reshuffled into training minibatches
         rows = [(k, r) for k, tr in enumerate(trajs) for r in range(len(tr.prompts))]
+        offsets = np.cumsum([0] + [len(tr.prompts) for tr in trajs]).tolist()  # row index -> advantage index
         adv_t = torch.tensor(adv, dtype=torch.float32, device=self.policy.device)
         info = {"approx_kl": [], "clipfrac": [], "loss": []}
         done_backwards = 0
@@ -230,7 +231,7 @@ class RLCMTrainer:
                     # rows may come from several sampling batches: group by batch for the forward passes
                     for k in sorted({k for k, _ in mb}):
                         idx = torch.tensor([r for kk, r in mb if kk == k])
-                        gidx = torch.tensor([sum(len(t.prompts) for t in trajs[:k]) + r for r in idx.tolist()])
+                        gidx = idx + offsets[k]
                         tr = trajs[k]
                         with acc.autocast():
                             logp = self.policy.log_prob(self.unet, tr, j, idx)
