@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=8.0)
     ap.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts, 2 seeds each")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kl-coef", type=float, default=None, help="KL anchor to the base (default: RLCMConfig's)")
     ap.add_argument("--work-dir", default=None, help="keep the store, reward model and LoRA here (default: temp)")
     ap.add_argument("--quick", action="store_true", help="seconds: 24 labels, 3 s of RLCM; no bench/RESULTS.md")
     args = ap.parse_args()
@@ -111,7 +112,8 @@ def main() -> None:
     small = dict(prompts_per_epoch=2, images_per_prompt=2, sample_batch_size=4, train_batch_size=4) if args.quick else {}
     cfg = RLCMConfig(model=args.model, reward="preference", num_steps=args.steps, guidance_scale=args.guidance,
                      train_prompts=n_prompts, epochs=10**9, eval_every=0, checkpoint_every=10**9, seed=args.seed,
-                     output_dir=str(work / "rlcm"), device="cpu", **small)
+                     output_dir=str(work / "rlcm"), device="cpu", **small,
+                     **({} if args.kl_coef is None else {"kl_coef": args.kl_coef}))
     trainer = RLCMTrainer(cfg, pipe=pipe, reward_fn=scorer)
     assert trainer.train_prompts == train_prompts, "trainer prompt pool differs from the labelled prompts"
     eval_prompts = [p for p in get_prompts("toy", "heldout", n_eval, seed=args.seed + 1)[:n_eval] for _ in (0, 1)]
@@ -165,7 +167,8 @@ def main() -> None:
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     md = (f"Oracle `{args.oracle}`: {report['labels']} labels ({answers.get('a', 0)} a / {answers.get('b', 0)} b / "
           f"{answers.get('tie', 0)} tie) on toy-LCM samples ({args.steps} steps) of {n_prompts} training prompts; "
-          f"reward model on the toy CLIP; RLCM {trainer.epoch} epochs in {budget / 60:g} min of training; "
+          f"reward model on the toy CLIP; RLCM {trainer.epoch} epochs in {budget / 60:g} min of training "
+          f"(KL anchor {cfg.kl_coef:g}); "
           f"evaluation on {n_eval} held-out prompts x 2 seeds, same seeds before and after.\n\n"
           "| figure | value |\n|---|---|\n"
           f"| reward-model accuracy, its held-out pairs (n={metrics['n_test']}) | {fmt(metrics['accuracy'])} |\n"

@@ -46,11 +46,13 @@ def main() -> None:
     p.add_argument("--tasks", nargs="*", default=["jpeg_compressibility", "jpeg_incompressibility"])
     p.add_argument("--out", default="bench/out/rl_tasks")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--kl-coef", type=float, default=0.0, help="KL anchor to the base model (RLCMConfig.kl_coef)")
     p.add_argument("--quick", action="store_true", help="tiny run, RESULTS.md untouched")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kw = {"lr": args.lr} if args.lr else {}
+    kw["kl_coef"] = args.kl_coef
     if args.quick:
         kw.update(prompts_per_epoch=2, images_per_prompt=4, train_batch_size=8, sample_batch_size=8)
     rows = [run_task(t, args.minutes, args.model, out, **kw) for t in args.tasks]
@@ -63,7 +65,7 @@ def main() -> None:
                      f"{100 * r['fid_before']:.1f}% → {100 * r['fid_after']:.1f}% |")
     lines += ["", "Held-out: 64 prompts of attribute combinations never used in training, fixed seeds. "
               "RLCM defaults of `RLCMConfig` (4 steps, guidance 8, LoRA r8, 32 samples per epoch, one optimiser "
-              "step per epoch).", ""] + [f"![{r['reward']}](figures/{Path(r['png']).name})" for r in rows]
+              f"step per epoch), KL anchor to the base `kl_coef={args.kl_coef}`.", ""] + [f"![{r['reward']}](figures/{Path(r['png']).name})" for r in rows]
     md = "\n".join(lines)
     print(md)
     if not args.quick:

@@ -33,6 +33,7 @@ class Trajectory:
     log_probs: torch.Tensor  # (B, T) float32 log-prob of each action when sampled
     latents: torch.Tensor  # (B, C, H, W) final clean latents (decoded into images)
     images: list  # B PIL images
+    ref_means: torch.Tensor | None = None  # (B, T, C, H, W) action means of the base model (KL anchor)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -152,11 +153,21 @@ class _Policy:
 
     final_step_is_deterministic: bool = True
 
+    def action_dist(self, unet, traj: Trajectory, j: int, idx: torch.Tensor | slice = slice(None)):
+        """(mean, std) of the step-j Gaussian for samples idx under `unet`'s current weights."""
+        mean, std, _ = self._step(unet, traj.states[idx, j], j, self._batch_embeds(traj.embeds, idx))
+        return mean, std
+
     def log_prob(self, unet, traj: Trajectory, j: int, idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
         """Log-prob (float32, (b,)) of the actions of step j for samples idx under `unet`'s current weights."""
-        x = traj.states[idx, j]
-        mean, std, _ = self._step(unet, x, j, self._batch_embeds(traj.embeds, idx))
+        mean, std = self.action_dist(unet, traj, j, idx)
         return gaussian_log_prob(traj.actions[idx, j], mean, std)
+
+
+def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL between two Gaussians of equal std, averaged over non-batch dims like the log-probs, float32. (B,)"""
+    d = (mean.float() - ref_mean.float()) / std.float()
+    return 0.5 * d.pow(2).mean(dim=tuple(range(1, d.ndim)))
 
 
 class LCMPolicy(_Policy):

@@ -138,10 +138,30 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
 }
 
 
-def get_reward(name: str, **kwargs) -> RewardFn:
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; valid: {sorted(REWARDS)}")
-    return REWARDS[name](**kwargs)
+def parse_reward(spec: str) -> list[tuple[float, str]]:
+    """`"jpeg_compressibility+0.05*clip_alignment"` -> [(1.0, "jpeg_compressibility"), (0.05, "clip_alignment")]."""
+    terms = []
+    for part in spec.replace(" ", "").split("+"):
+        weight, _, name = part.rpartition("*")
+        if name not in REWARDS:
+            raise ValueError(f"unknown reward {name!r} in {spec!r}; valid: {sorted(REWARDS)}, "
+                             "or a weighted sum such as 'jpeg_compressibility+0.05*clip_alignment'")
+        try:
+            terms.append((float(weight) if weight else 1.0, name))
+        except ValueError:
+            raise ValueError(f"bad weight {weight!r} in reward {spec!r}: expected a number before '*'") from None
+    return terms
+
+
+def get_reward(spec: str, **kwargs) -> RewardFn:
+    """A reward by name, or a weighted sum of named rewards (e.g. a task reward plus a prompt-alignment guard);
+    `kwargs` go to every term's factory (each takes what it knows)."""
+    terms = parse_reward(spec)
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return REWARDS[terms[0][1]](**kwargs)
+    fns = [(w, REWARDS[name](**kwargs)) for w, name in terms]
+    return lambda images, prompts: sum(w * np.asarray(fn(images, prompts), np.float64)
+                                       for w, fn in fns).astype(np.float32)
 
 
 class AsyncReward:

@@ -23,7 +23,7 @@ import torch
 
 from . import lora as lora_utils
 from .pipelines import DEFAULT_MODEL, load_pipeline
-from .policy import Trajectory, make_policy
+from .policy import Trajectory, gaussian_kl, gaussian_log_prob, make_policy
 from .prompts import get_prompts
 from .rewards import AsyncReward, get_reward
 from .stats import PerPromptStatTracker
@@ -35,7 +35,7 @@ class RLCMConfig:
 
     model: str = DEFAULT_MODEL  # pipeline directory or hub id
     lcm_lora: str | None = None  # SD-1.5 + this LCM-LoRA instead of an LCM checkpoint
-    reward: str = "jpeg_compressibility"  # name in rlcm.rewards.REWARDS
+    reward: str = "jpeg_compressibility"  # name in rlcm.rewards.REWARDS, or a weighted sum "a+0.1*b"
     reward_kwargs: dict = field(default_factory=dict)  # e.g. {"model": "runs/rm"} for `preference`
     prompt_set: str = "toy"  # toy | simple_animals | imagenet_animals | a text file
     train_prompts: int = 16  # size of the training prompt pool (toy set)
@@ -56,6 +56,9 @@ class RLCMConfig:
     clip_range: float = 1e-4  # PPO ratio clip
     adv_clip_max: float = 10.0
     max_grad_norm: float = 5.0
+    # Per-step KL to the base model (LoRA off), as in DPOK: keeps what the prompt asked for while the reward
+    # moves the rest. The paper has none (0); one extra no-grad UNet pass per action when on.
+    kl_coef: float = 0.0
     lora_rank: int = 8
     lora_alpha: float = 8.0
     init_lora: str | None = None  # peft-format adapter.safetensors to start from (a previous round's)
@@ -192,12 +195,24 @@ class RLCMTrainer:
         for i in range(0, len(prompts), cfg.sample_batch_size):
             chunk = prompts[i:i + cfg.sample_batch_size]
             tr = self.policy.sample(chunk, generator=self.generators(len(chunk), self.epoch * 10_000 + i))
+            if cfg.kl_coef:
+                tr.ref_means = self._base_means(tr)
             trajs.append(tr)
             futures.append(rewarder.submit(tr.images, chunk))  # overlaps with the next batch's sampling
         rewards = np.concatenate([f.result() for f in futures])
         rewarder.close()
         self.reward_queries += len(prompts) * self.accelerator.num_processes
         return trajs, rewards, prompts
+
+    @torch.no_grad()
+    def _base_means(self, tr: Trajectory) -> torch.Tensor:
+        """Action means of the base model (adapters disabled) at every visited state."""
+        unet = self.accelerator.unwrap_model(self.unet)
+        unet.disable_adapters()
+        try:
+            return torch.stack([self.policy.action_dist(unet, tr, j)[0] for j in range(self.actions)], 1)
+        finally:
+            unet.enable_adapters()
 
     def _advantages(self, rewards: np.ndarray, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         from accelerate.utils import gather_object
@@ -220,7 +235,7 @@ class RLCMTrainer:
         rows = [(k, r) for k, tr in enumerate(trajs) for r in range(len(tr.prompts))]
         offsets = np.cumsum([0] + [len(tr.prompts) for tr in trajs]).tolist()  # row index -> advantage index
         adv_t = torch.tensor(adv, dtype=torch.float32, device=self.policy.device)
-        info = {"approx_kl": [], "clipfrac": [], "loss": []}
+        info = {"approx_kl": [], "clipfrac": [], "loss": [], "kl_to_base": []}
         done_backwards = 0
         for _ in range(cfg.inner_epochs):
             perm = torch.randperm(len(rows)).tolist()
@@ -234,12 +249,17 @@ class RLCMTrainer:
                         gidx = idx + offsets[k]
                         tr = trajs[k]
                         with acc.autocast():
-                            logp = self.policy.log_prob(self.unet, tr, j, idx)
+                            mean, std = self.policy.action_dist(self.unet, tr, j, idx)
+                        logp = gaussian_log_prob(tr.actions[idx, j], mean, std)
                         ratio = torch.exp(logp - tr.log_probs[idx, j].to(logp.device))
                         a = adv_t[gidx]
                         unclipped = -a * ratio
                         clipped = -a * torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
                         part = torch.maximum(unclipped, clipped).sum() / len(mb)
+                        if tr.ref_means is not None:
+                            kl = gaussian_kl(mean, tr.ref_means[idx, j].to(mean.device), std)
+                            part = part + cfg.kl_coef * kl.sum() / len(mb)
+                            info["kl_to_base"].append(kl.mean().item())
                         loss = loss + part
                         info["approx_kl"].append(0.5 * ((logp - tr.log_probs[idx, j]) ** 2).mean().item())
                         info["clipfrac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())

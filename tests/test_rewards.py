@@ -70,3 +70,15 @@ def test_clip_alignment_prefers_matching_prompt(toy_clip_path):
     r = get_reward("clip_alignment", clip=str(toy_clip_path))([img, img], [true, true.replace(
         f"{sc.bg_color} background", f"{other} background")])
     assert r[0] > r[1]
+
+
+def test_weighted_sum_of_rewards():
+    sc = world.sample_scene(3, two_object_prob=0.0)
+    imgs, prompts = [world.render(sc), Image.new("RGB", (64, 64))], [world.caption(sc)] * 2
+    jpeg, fid = get_reward("jpeg_compressibility")(imgs, prompts), get_reward("toy_fidelity")(imgs, prompts)
+    both = get_reward("jpeg_compressibility + 2.5*toy_fidelity")(imgs, prompts)
+    assert both.dtype == np.float32 and np.allclose(both, jpeg + 2.5 * fid, atol=1e-5)
+    with pytest.raises(ValueError, match="bad weight"):
+        get_reward("jpeg_compressibility+x*toy_fidelity")
+    with pytest.raises(ValueError, match="unknown reward 'beauty'"):
+        get_reward("jpeg_compressibility+beauty")

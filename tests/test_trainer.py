@@ -96,3 +96,31 @@ def test_two_cpu_processes_synchronise_gradients(tmp_path):
     assert rows[0]["before"] == rows[1]["before"]
     d0, d1 = np.array(rows[0]["delta"]), np.array(rows[1]["delta"])
     assert np.abs(d0).max() > 0 and np.allclose(d0, d1, atol=1e-7)  # all-reduced gradients: same update
+
+
+def test_kl_anchor_pulls_the_policy_back_to_the_base(tmp_path):
+    """With a constant reward (zero advantages) only the KL term acts: it must shrink the distance to the base."""
+    pipe = lcm_pipeline("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    const = lambda images, prompts: np.zeros(len(images), np.float32)  # noqa: E731
+    tr = RLCMTrainer(tiny_config(tmp_path, kl_coef=1.0, lr=5e-3), pipe=pipe, reward_fn=const)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the base (LoRA B starts at zero)
+        for n, p in tr.pipe.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    kls = []
+    for _ in range(4):
+        trajs, rewards, prompts = tr._sample_epoch()
+        assert all(t.ref_means is not None and t.ref_means.shape == t.actions.shape for t in trajs)
+        adv, _ = tr._advantages(rewards, prompts)
+        assert np.all(adv == 0)
+        kls.append(tr._train_epoch(trajs, adv)["kl_to_base"])
+    assert kls[0] > 0
+    assert kls[-1] < 0.7 * kls[0], kls
+    # the base means really are the LoRA-free model's: equal to a fresh pipeline's policy
+    fresh = lcm_pipeline("tiny", seed=0)
+    t = trajs[0]
+    with torch.no_grad():
+        ref = tr.policy.action_dist(fresh.unet, t, 0)[0]
+    assert torch.allclose(ref, t.ref_means[:, 0], atol=1e-5)

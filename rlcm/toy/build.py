@@ -446,6 +446,24 @@ def swapped_captions(scene: world.Scene) -> list[str]:
     return [world.caption_of(r) for r in alts]
 
 
+def where(o: world.Obj) -> str:
+    """Coarse position of an object: "top left", "centre", ..."""
+    third = world.SIZE / 3
+    v = "top" if o.cy < third else ("bottom" if o.cy > 2 * third else "")
+    h = "left" if o.cx < third else ("right" if o.cx > 2 * third else "")
+    return " ".join(w for w in (v, h) if w) or "centre"
+
+
+def clip_caption(scene: world.Scene, full: str, short: str) -> str:
+    """CLIP's training caption: the short or the full one, the full one sometimes with the object's position
+    (the generator's grammar has no positions, but a reward model on CLIP features needs to see layout)."""
+    if random.random() < 0.5:
+        return short
+    if len(scene.objects) == 1 and random.random() < 0.5:
+        return f"{full} at the {where(scene.objects[0])}"
+    return full
+
+
 def stage_clip(cfg: BuildConfig) -> None:
     out = cfg.out / "toy-clip"
     if (out / "open_clip_model.safetensors").exists():
@@ -469,10 +487,10 @@ def stage_clip(cfg: BuildConfig) -> None:
             g["lr"] = lr_at(step, cfg.clip_steps, 1e-3, 100)
         idx = np.random.randint(0, len(images), cfg.clip_batch)
         x = (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-        caps = [str(data["full"][i] if random.random() < 0.5 else data["short"][i]) for i in idx]
-        negs = []
-        for i in idx[: cfg.clip_batch // 2]:
+        caps, negs = [], []
+        for i in idx:
             sc = world.sample_scene(cfg.seed * 10_000_000 + int(i), "train")
+            caps.append(clip_caption(sc, str(data["full"][i]), str(data["short"][i])))
             if len(sc.objects) == 1:
                 negs.append(random.choice(swapped_captions(sc)))
         img_f = F.normalize(model.encode_image(x), dim=-1)

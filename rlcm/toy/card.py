@@ -26,6 +26,9 @@ def stage_minutes(log_path) -> dict[str, float]:
 
 
 def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
+    from .models import CLIP_CONFIG
+
+    vis, txt = CLIP_CONFIG["vision_cfg"], CLIP_CONFIG["text_cfg"]
     lines = [
         "# Embedded toy-world models",
         "",
@@ -52,7 +55,9 @@ def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
         f"- LCM: latent consistency distillation from the teacher (DDIM solver over {cfg.ddim_steps} steps, "
         f"guidance w ~ U[{cfg.w_min:g}, {cfg.w_max:g}] embedded with `time_cond_proj_dim={cfg.time_cond_proj_dim}`, "
         f"EMA target {cfg.ema_decay}, pseudo-Huber loss), {cfg.lcd_steps} steps at batch {cfg.lcd_batch}",
-        f"- CLIP: ViT 4x128 on 8 px patches, text 3x64, contrastive with attribute-swapped hard negatives, "
+        f"- CLIP: ModifiedResNet image tower (width {vis['width']}, layers {vis['layers']}), text transformer "
+        f"{txt['layers']}x{txt['width']}, {CLIP_CONFIG['embed_dim']}-d embeddings; contrastive with an "
+        f"attribute-swapped hard negative per single-object scene, captions short / full / full + position, "
         f"{cfg.clip_steps} steps at batch {cfg.clip_batch}",
         "",
         "Wall-clock per stage on this 2-core CPU (from data/build/build.log; other work shared the CPU at "
