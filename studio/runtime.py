@@ -35,8 +35,9 @@ class Studio:
         self.generator = ServedGenerator(s)
         self.prompts = get_prompts(s.prompt_set, "train", 64 if s.prompt_set == "toy" else None)
         self.compare_prompts = get_prompts(s.prompt_set, "heldout", s.compare_prompts, seed=7)[: s.compare_prompts]
-        self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction)
         self.rounds = RoundRunner(s, self.store, on_done=self._serve_round, compare=self._render_compare)
+        self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
+                               reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates)
         self._labels_at_last_round = self.store.counts()["labelled"]
         self._stop = threading.Event()
         self._restore_active()

@@ -63,12 +63,28 @@ class ServedGenerator:
             self.version = version
 
 
+def most_uncertain_pair(rm, images: list, prompt: str) -> tuple[int, int]:
+    """Indices of the two images whose comparison the reward model is least sure about
+    (the score of `RewardModel.pair_uncertainty`: 1 - |2p - 1| + the heads' spread of p)."""
+    import torch
+
+    r = rm.head_scores_for(images, [prompt] * len(images))  # (K, N)
+    ii, jj = torch.triu_indices(len(images), len(images), offset=1)
+    p, spread = rm.pair_probability(r[:, ii], r[:, jj])
+    k = int((1 - (2 * p - 1).abs() + spread).argmax())
+    return int(ii[k]), int(jj[k])
+
+
 class PairQueue:
     """A background thread keeps `size` fresh pairs ready, so the next pair appears at once after a vote."""
 
     def __init__(self, store, generator: ServedGenerator, prompts: list[str], size: int,
-                 earlier_fraction: float = 0.25, seed: int = 0):
+                 earlier_fraction: float = 0.25, seed: int = 0, reward_model=None, candidates: int = 4):
         self.store, self.gen, self.prompts = store, generator, prompts
+        # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
+        # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing)
+        self.reward_model = reward_model or (lambda: None)
+        self.candidates = max(2, candidates)
         self.q: queue.Queue = queue.Queue(maxsize=size)
         self.earlier_fraction = earlier_fraction
         self.rng = random.Random(seed)
@@ -100,8 +116,13 @@ class PairQueue:
     def make_pair(self) -> dict:
         """Generate one pair now: two seeds of one prompt, sometimes against an earlier generator's sample."""
         prompt = self.rng.choice(self.prompts)
-        seeds = [self.rng.randrange(2**31) for _ in range(2)]
-        images, version = self.gen.generate([prompt, prompt], seeds)
+        rm = self.reward_model()
+        n = self.candidates if rm is not None else 2
+        seeds = [self.rng.randrange(2**31) for _ in range(n)]
+        images, version = self.gen.generate([prompt] * n, seeds)
+        if rm is not None:
+            i, j = most_uncertain_pair(rm, images, prompt)
+            images, seeds = [images[i], images[j]], [seeds[i], seeds[j]]
         steps, guidance = self.gen.settings.steps, self.gen.settings.guidance
         ids = [self.store.add_sample(im, prompt, s, steps, guidance, generator=version)
                for im, s in zip(images, seeds)]

@@ -36,6 +36,7 @@ class StudioSettings:
     auto_round_every: int = 0  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
+    pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists; its least certain pair is shown
     compare_prompts: int = 8  # fixed prompts of the Compare tab
     device: str | None = None  # RLCM_DEVICE: None picks cuda when present
     extra: dict = field(default_factory=dict)

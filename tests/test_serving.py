@@ -1,5 +1,6 @@
-"""The served generator: LoRA hot swap under the generation lock, back to base, and again."""
+"""The served generator (LoRA hot swap under the generation lock) and the pair queue."""
 
+import random
 import threading
 
 import numpy as np
@@ -52,3 +53,52 @@ def test_swaps_never_land_mid_generation(tmp_path):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and len(seen) == 10  # every image is exactly the version it claims
+
+
+from tests.fixtures_rm import clip, clip_dir  # noqa: E402,F401
+
+
+def test_queue_shows_the_pair_the_reward_model_is_least_sure_about(tmp_path, clip):  # noqa: F811
+    """With a fitted reward model, each queued pair is the most uncertain of its candidates (checked against
+    the model's own pair probabilities on the images that were stored); without one, plain two-seed pairs."""
+    import torch
+
+    import reward_model
+    from feedback import RATERS, FeedbackStore, simulate
+    from studio.serving import PairQueue
+    from tests.fixtures_rm import fill_store
+
+    lcm_pipeline("tiny").save_pretrained(tmp_path / "model")
+    gen = ServedGenerator(StudioSettings(model=str(tmp_path / "model"), steps=2, data_dir=tmp_path / "d"))
+    train = FeedbackStore(tmp_path / "train")
+    fill_store(train, n_prompts=4, n_seeds=5)
+    simulate(train, RATERS["warm_colours"], 40, "sim", rng=0)
+    rm, _ = reward_model.fit(train, clip, reward_model.FitConfig(ensemble_size=3, max_epochs=50))
+
+    store = FeedbackStore(tmp_path / "live")
+    current = {"rm": None}
+    q = PairQueue(store, gen, ["a red circle", "a blue star"], size=2, seed=1,
+                  reward_model=lambda: current["rm"], candidates=5)
+    q.earlier_fraction = 0.0
+    plain = q.make_pair()
+    assert store.counts()["samples"] == 2 and plain["a"] != plain["b"]
+    current["rm"] = rm
+    for _ in range(3):
+        before = {s["id"] for s in store.samples()}
+        state = q.rng.getstate()
+        pair = q.make_pair()
+        assert {s["id"] for s in store.samples()} - before == {pair["a"], pair["b"]}  # only the shown pair is kept
+        replay = random.Random()
+        replay.setstate(state)  # the queue draws the prompt, then the candidate seeds
+        prompt = replay.choice(q.prompts)
+        seeds = [replay.randrange(2**31) for _ in range(5)]
+        images, _ = gen.generate([prompt] * 5, seeds)
+        r = rm.head_scores_for(images, [prompt] * 5)
+        u = {}
+        for i in range(5):
+            for j in range(i + 1, 5):
+                p, spread = rm.pair_probability(r[:, i:i + 1], r[:, j:j + 1])
+                u[(seeds[i], seeds[j])] = float(1 - (2 * p - 1).abs() + spread)
+        shown = tuple(sorted((store.get_sample(pair[k])["seed"] for k in ("a", "b")), key=seeds.index))
+        assert pair["prompt"] == prompt and u[shown] >= max(u.values()) - 1e-6, (shown, u)
+    assert len({round(v, 6) for v in u.values()}) > 1  # the choice was not a tie among equals
