@@ -43,6 +43,7 @@ from rlcm.clip import load_clip  # noqa: E402
 from rlcm.pipelines import load_pipeline  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
 from rlcm.toy.checker import fidelity  # noqa: E402
+from rlcm.rewards import with_alignment_guard  # noqa: E402
 from rlcm.trainer import RLCMConfig, RLCMTrainer  # noqa: E402
 
 SEEDS_PER_PROMPT = 6  # C(6, 2) = 15 same-prompt pairs per prompt
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts, 2 seeds each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kl-coef", type=float, default=None, help="KL anchor to the base (default: RLCMConfig's)")
+    ap.add_argument("--guard", type=float, default=0.0,
+                    help="reward += GUARD x CLIP prompt score (x100): the studio's RLCM_ALIGNMENT_GUARD")
     ap.add_argument("--work-dir", default=None, help="keep the store, reward model and LoRA here (default: temp)")
     ap.add_argument("--quick", action="store_true", help="seconds: 24 labels, 3 s of RLCM; no bench/RESULTS.md")
     args = ap.parse_args()
@@ -109,12 +112,13 @@ def main() -> None:
 
     # 4. RLCM against it; base samples first (the fresh LoRA's B is zero, so it is the base model)
     scorer = lambda images, prompts: rm.score(images, list(prompts)).detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    train_reward = with_alignment_guard(scorer, clip, args.guard)
     small = dict(prompts_per_epoch=2, images_per_prompt=2, sample_batch_size=4, train_batch_size=4) if args.quick else {}
     cfg = RLCMConfig(model=args.model, reward="preference", num_steps=args.steps, guidance_scale=args.guidance,
                      train_prompts=n_prompts, epochs=10**9, eval_every=0, checkpoint_every=10**9, seed=args.seed,
                      output_dir=str(work / "rlcm"), device="cpu", **small,
                      **({} if args.kl_coef is None else {"kl_coef": args.kl_coef}))
-    trainer = RLCMTrainer(cfg, pipe=pipe, reward_fn=scorer)
+    trainer = RLCMTrainer(cfg, pipe=pipe, reward_fn=train_reward)
     assert trainer.train_prompts == train_prompts, "trainer prompt pool differs from the labelled prompts"
     eval_prompts = [p for p in get_prompts("toy", "heldout", n_eval, seed=args.seed + 1)[:n_eval] for _ in (0, 1)]
     eval_seeds = [20_000 + i for i in range(len(eval_prompts))]
@@ -154,6 +158,7 @@ def main() -> None:
 
     report = {
         "oracle": args.oracle, "labels": answers["recorded"], "answers": answers, "rlcm_minutes": budget / 60,
+        "kl_coef": cfg.kl_coef, "guard": args.guard,
         "epochs": trainer.epoch,
         "rm_accuracy": metrics["accuracy"], "rm_accuracy_n": metrics["n_test"],
         "rm_accuracy_heldout_prompts": float(np.mean(decided)) if decided else None,
@@ -168,7 +173,7 @@ def main() -> None:
     md = (f"Oracle `{args.oracle}`: {report['labels']} labels ({answers.get('a', 0)} a / {answers.get('b', 0)} b / "
           f"{answers.get('tie', 0)} tie) on toy-LCM samples ({args.steps} steps) of {n_prompts} training prompts; "
           f"reward model on the toy CLIP; RLCM {trainer.epoch} epochs in {budget / 60:g} min of training "
-          f"(KL anchor {cfg.kl_coef:g}); "
+          f"(KL anchor {cfg.kl_coef:g}, alignment guard {args.guard:g}); "
           f"evaluation on {n_eval} held-out prompts x 2 seeds, same seeds before and after.\n\n"
           "| figure | value |\n|---|---|\n"
           f"| reward-model accuracy, its held-out pairs (n={metrics['n_test']}) | {fmt(metrics['accuracy'])} |\n"

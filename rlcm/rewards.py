@@ -50,6 +50,23 @@ def clip_alignment(clip: str = DEFAULT_TOY_CLIP, device: str = "cpu", pretrained
     return lambda images, prompts: (100 * model.score(images, list(prompts))).cpu().numpy().astype(np.float32)
 
 
+def with_alignment_guard(fn: RewardFn, clip, weight: float) -> RewardFn:
+    """`fn` plus `weight` x the prompt-image CLIP score (x100) of `clip` (a loaded `Clip`, a directory or an
+    open_clip name): keeps a learned reward from buying its gains with what the prompt asked for."""
+    if not weight:
+        return fn
+    if not hasattr(clip, "score"):
+        from .clip import load_clip
+
+        clip = load_clip(clip)
+
+    def guarded(images, prompts):
+        align = 100 * clip.score(images, list(prompts)).cpu().numpy().astype(np.float64)
+        return (np.asarray(fn(images, prompts), np.float64) + weight * align).astype(np.float32)
+
+    return guarded
+
+
 class AestheticMLP:
     """The LAION aesthetic predictor v2 head: a chain of linear layers (dropout only, no activations)
     on the L2-normalised CLIP image embedding; keys `<index>.weight` / `<index>.bias`."""

@@ -82,6 +82,7 @@ class RoundRunner:
         return rm, metrics, directory, zip_path
 
     def _run(self, rid: int) -> None:
+        from rlcm.rewards import with_alignment_guard
         from rlcm.trainer import RLCMConfig, RLCMTrainer
 
         s = self.settings
@@ -109,8 +110,10 @@ class RoundRunner:
                 train_batch_size=min(16, s.round_prompts * 4),
                 eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
                 init_lora=str(prev) if prev else None, device=s.device, checkpoint_every=2,
-                mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no")
-            scorer = lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32)
+                mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no", kl_coef=s.kl_coef)
+            scorer = with_alignment_guard(
+                lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
+                rm.clip, s.alignment_guard)
             trainer = RLCMTrainer(cfg, reward_fn=scorer, callbacks=[self._on_event])
             if not (s.data_dir / "compare" / "base").exists():
                 with _adapters_off(trainer.pipe.unet):

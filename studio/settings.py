@@ -32,6 +32,8 @@ class StudioSettings:
     steps: int = 4  # RLCM_STEPS: LCM inference steps
     guidance: float = 8.0  # RLCM_GUIDANCE
     round_epochs: int = 12  # RLCM_ROUND_EPOCHS: RLCM epochs per fine-tune round
+    alignment_guard: float = 0.0  # RLCM_ALIGNMENT_GUARD: reward += this x CLIP prompt score (x100) in rounds
+    kl_coef: float = 0.0  # RLCM_KL: per-step KL anchor to the base model in rounds (RLCMConfig.kl_coef)
     round_prompts: int = 8  # prompts per RLCM epoch (x4 images each)
     auto_round_every: int = 0  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
@@ -53,6 +55,8 @@ class StudioSettings:
             admin_users=tuple(u.strip() for u in _env("RLCM_ADMINS", "").split(",") if u.strip()),
             rating=_env("RLCM_RATING", cls.rating), prompt_set=_env("RLCM_PROMPTS", cls.prompt_set),
             steps=_env("RLCM_STEPS", cls.steps, int), guidance=_env("RLCM_GUIDANCE", cls.guidance, float),
+            alignment_guard=_env("RLCM_ALIGNMENT_GUARD", cls.alignment_guard, float),
+            kl_coef=_env("RLCM_KL", cls.kl_coef, float),
             round_epochs=_env("RLCM_ROUND_EPOCHS", cls.round_epochs, int),
             auto_round_every=_env("RLCM_AUTO_ROUND", cls.auto_round_every, int),
             device=_env("RLCM_DEVICE", None),

@@ -82,3 +82,17 @@ def test_weighted_sum_of_rewards():
         get_reward("jpeg_compressibility+x*toy_fidelity")
     with pytest.raises(ValueError, match="unknown reward 'beauty'"):
         get_reward("jpeg_compressibility+beauty")
+
+
+def test_alignment_guard_adds_the_clip_score(toy_clip_path):
+    from rlcm.clip import load_clip
+    from rlcm.rewards import with_alignment_guard
+
+    sc = world.sample_scene(4, two_object_prob=0.0)
+    imgs, prompts = [world.render(sc), Image.new("RGB", (64, 64))], [world.caption(sc)] * 2
+    base = get_reward("jpeg_compressibility")
+    clip = load_clip(toy_clip_path)
+    guarded = with_alignment_guard(base, str(toy_clip_path), 0.5)(imgs, prompts)
+    expected = base(imgs, prompts) + 0.5 * 100 * clip.score(imgs, prompts).numpy()
+    assert np.allclose(guarded, expected, atol=1e-4)
+    assert with_alignment_guard(base, clip, 0.0) is base
