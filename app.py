@@ -152,9 +152,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         report = studio.import_data(file)
         return (report, *data_view())
 
-    def save_settings(password: str, steps, guidance, epochs, auto, request: gr.Request = None):
+    def save_settings(password: str, steps, guidance, epochs, auto, guard=None, kl=None, request: gr.Request = None):
         admin(password, request)
-        return studio.update_settings(steps, guidance, epochs, auto)
+        return studio.update_settings(steps, guidance, epochs, auto, guard, kl)
 
     # ------------------------------------------------------------ layout
 
@@ -231,6 +231,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 epochs = gr.Slider(1, 200, value=s.round_epochs, step=1, label="RLCM epochs per round")
                 auto = gr.Number(value=s.auto_round_every, precision=0,
                                  label="auto: start a round every N new ratings (0 = off)")
+                guard = gr.Number(value=s.alignment_guard, minimum=0,
+                                  label="alignment guard: reward + this x CLIP prompt score (0 = off)")
+                kl = gr.Number(value=s.kl_coef, minimum=0, label="KL anchor to the base model (0 = off)")
                 b_settings = gr.Button("Save (admin)", elem_id="btn-settings")
                 settings_json = gr.JSON(label="saved")
 
@@ -261,7 +264,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         b_export.click(_err(studio.export_data), None, [export_file], api_name="export_data")
         b_import.click(_err(import_data), [password, data_upload], [import_json, data_json, raters],
                        api_visibility="private")
-        b_settings.click(_err(save_settings), [password, steps, guidance, epochs, auto], [settings_json],
+        b_settings.click(_err(save_settings), [password, steps, guidance, epochs, auto, guard, kl], [settings_json],
                          api_name="save_settings")
 
         # ------------------------------------------------------------ JSON API (gradio_client, load tests)

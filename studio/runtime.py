@@ -242,19 +242,26 @@ class Studio:
 
     # ------------------------------------------------------------ settings
 
-    def update_settings(self, steps: int, guidance: float, round_epochs: int, auto_round_every: int) -> dict:
+    EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef")
+
+    def update_settings(self, steps: int, guidance: float, round_epochs: int, auto_round_every: int,
+                        alignment_guard: float | None = None, kl_coef: float | None = None) -> dict:
         s = self.settings
-        old = (s.steps, s.guidance, s.round_epochs, s.auto_round_every)
+        old = {k: getattr(s, k) for k in self.EDITABLE}
         s.steps, s.guidance, s.round_epochs, s.auto_round_every = int(steps), float(guidance), int(round_epochs), \
             int(auto_round_every)
+        if alignment_guard is not None:
+            s.alignment_guard = float(alignment_guard)
+        if kl_coef is not None:
+            s.kl_coef = float(kl_coef)
         try:
             s.validate()
         except ValueError:
-            s.steps, s.guidance, s.round_epochs, s.auto_round_every = old
+            for k, v in old.items():
+                setattr(s, k, v)
             raise
         self.queue.flush()
-        return {"steps": s.steps, "guidance": s.guidance, "round_epochs": s.round_epochs,
-                "auto_round_every": s.auto_round_every}
+        return {k: getattr(s, k) for k in self.EDITABLE}
 
     # ------------------------------------------------------------ durability
 

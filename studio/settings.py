@@ -74,6 +74,8 @@ class StudioSettings:
             raise ValueError(f"rating {self.rating!r}; valid: named, open")
         if not 2 <= self.steps <= 16:
             raise ValueError("steps must be between 2 and 16 (the last LCM step adds no noise)")
+        if self.alignment_guard < 0 or self.kl_coef < 0:
+            raise ValueError("alignment_guard and kl_coef must be >= 0")
         if self.round_epochs < 1 or self.auto_round_every < 0 or self.queue_size < 1:
             raise ValueError("round_epochs and queue_size must be >= 1, auto_round_every >= 0")
 

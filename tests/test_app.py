@@ -75,7 +75,7 @@ def test_malformed_upload_is_refused(app, tmp_path):
 
 @pytest.mark.parametrize("endpoint, args", [
     ("/start_round", ()), ("/cancel_round", ()), ("/activate", ("base",)),
-    ("/save_settings", (3, 5.0, 2, 0)), ("/fit_reward_model", ()),
+    ("/save_settings", (3, 5.0, 2, 0, 0.1, 0.0)), ("/fit_reward_model", ()),
 ])
 def test_admin_endpoints_refuse_non_admins(app, endpoint, args):
     studio, client = app

@@ -80,8 +80,14 @@ def test_failed_round_is_marked_and_serving_goes_on(tmp_path):
 def test_restart_restores_database_active_lora_and_compare(tmp_path):
     studio = make_studio(tmp_path)
     label(studio, 12)
-    studio.start_round("admin")
+    with pytest.raises(ValueError, match="alignment_guard"):
+        studio.update_settings(4, 8.0, 2, 0, alignment_guard=-1.0)
+    assert studio.settings.alignment_guard == 0.0 and studio.settings.round_epochs == 2  # nothing changed
+    assert studio.update_settings(4, 8.0, 2, 0, alignment_guard=0.05, kl_coef=0.01)["kl_coef"] == 0.01
+    studio.start_round("admin")  # the round runs with the guard and the KL anchor
     assert wait_round(studio)["state"] == "done"
+    log = (tmp_path / "rounds" / "1" / "log.jsonl").read_text()
+    assert '"kl_to_base"' in log
     version = studio.generator.version
     served = np.asarray(studio.generator.generate(["a blue star"], [9])[0][0])
     counts = studio.store.counts()
