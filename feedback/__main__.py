@@ -12,8 +12,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from rlcm.cli_report import run_and_report
 
 from .raters import load_rater
 from .simulate import simulate
@@ -46,29 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     cmds["simulate"].add_argument("--n", type=int, default=100, help="pairs to label")
     cmds["simulate"].add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    return run_and_report(lambda: _run(args))
 
-    try:
-        if args.command == "restore":
-            snap = FeedbackStore.restore_latest(args.backup_dir, args.data_dir, repo_id=args.repo_id, token=args.token)
-            print(f"restored {snap}" if snap else "nothing restored (database present or no healthy snapshot)")
-            return 0
-        with FeedbackStore(args.data_dir) as store:
-            if args.command == "stats":
-                out = {"counts": store.counts(), "raters": store.rater_stats(), "rounds": len(store.rounds())}
-            elif args.command == "export":
-                out = {"wrote": str(store.export_parquet(args.out, include_skips=args.include_skips)),
-                       "comparisons": len(store.comparisons(include_skips=args.include_skips))}
-            elif args.command == "import":
-                out = store.import_parquet(args.path)
-            elif args.command == "snapshot":
-                out = {"snapshot": str(store.snapshot(args.backup_dir, repo_id=args.repo_id, token=args.token))}
-            else:
-                out = simulate(store, load_rater(args.rater), args.n, args.name or args.rater, rng=args.seed)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(out, indent=2, default=str))
-    return 0
+
+def _run(args) -> dict:
+    if args.command == "restore":
+        snap = FeedbackStore.restore_latest(args.backup_dir, args.data_dir, repo_id=args.repo_id, token=args.token)
+        return {"restored": str(snap) if snap else None}
+    with FeedbackStore(args.data_dir) as store:
+        if args.command == "stats":
+            out = {"counts": store.counts(), "raters": store.rater_stats(), "rounds": len(store.rounds())}
+        elif args.command == "export":
+            out = {"wrote": str(store.export_parquet(args.out, include_skips=args.include_skips)),
+                   "comparisons": len(store.comparisons(include_skips=args.include_skips))}
+        elif args.command == "import":
+            out = store.import_parquet(args.path)
+        elif args.command == "snapshot":
+            out = {"snapshot": str(store.snapshot(args.backup_dir, repo_id=args.repo_id, token=args.token))}
+        else:
+            out = simulate(store, load_rater(args.rater), args.n, args.name or args.rater, rng=args.seed)
+    return out
 
 
 if __name__ == "__main__":

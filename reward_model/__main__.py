@@ -9,8 +9,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from rlcm.cli_report import run_and_report
 
 DEFAULT_CLIP = "data/models/toy-clip"
 
@@ -34,32 +35,30 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--repo-id", help="also upload to this Hugging Face model repo")
     x.add_argument("--token", help="Hugging Face token (default: the logged-in one)")
     args = p.parse_args(argv)
+    return run_and_report(lambda: _run(args))
 
+
+def _run(args) -> dict:
     import reward_model as rm
     from feedback import FeedbackStore
 
-    try:
-        if args.command == "fit":
-            cfg = rm.FitConfig(seed=args.seed, **({"ensemble_size": args.ensemble} if args.ensemble else {}))
-            with FeedbackStore(args.db) as store:
-                model, metrics = rm.fit(store, args.clip, cfg)
-            d, z = rm.export(model, args.out, metrics)
-            out = {"version": model.version, "dir": str(d), "zip": str(z), "metrics": metrics}
-        elif args.command == "eval":
-            model = rm.load(args.model)
-            with FeedbackStore(args.db) as store:
-                out = {"version": model.version, **rm.evaluate(model, store)}
-        else:
-            model = rm.load(args.model)
-            d, z = rm.export(model, args.out)
-            out = {"dir": str(d), "zip": str(z)}
-            if args.repo_id:
-                out["pushed"] = rm.push_to_hub(d, args.repo_id, token=args.token)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(out, indent=2, default=str))
-    return 0
+    if args.command == "fit":
+        cfg = rm.FitConfig(seed=args.seed, **({"ensemble_size": args.ensemble} if args.ensemble else {}))
+        with FeedbackStore(args.db) as store:
+            model, metrics = rm.fit(store, args.clip, cfg)
+        d, z = rm.export(model, args.out, metrics)
+        out = {"version": model.version, "dir": str(d), "zip": str(z), "metrics": metrics}
+    elif args.command == "eval":
+        model = rm.load(args.model)
+        with FeedbackStore(args.db) as store:
+            out = {"version": model.version, **rm.evaluate(model, store)}
+    else:
+        model = rm.load(args.model)
+        d, z = rm.export(model, args.out)
+        out = {"dir": str(d), "zip": str(z)}
+        if args.repo_id:
+            out["pushed"] = rm.push_to_hub(d, args.repo_id, token=args.token)
+    return out
 
 
 if __name__ == "__main__":
