@@ -2,6 +2,7 @@
 
 Example:
   python bench/rl_tasks.py --minutes 10                 # both tasks, 10 minutes each, writes bench/RESULTS.md
+  python bench/rl_tasks.py --minutes 10 --guard 0.1 0   # compressibility with a CLIP prompt-alignment guard
   python bench/rl_tasks.py --minutes 1 --quick          # a wiring check, writes nothing
 """
 
@@ -16,13 +17,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlcm.plot import reward_curve  # noqa: E402
+from rlcm.rewards import get_reward  # noqa: E402
+from rlcm.toy.checker import fidelity  # noqa: E402
 from rlcm.trainer import RLCMConfig, RLCMTrainer  # noqa: E402
 
 
-def run_task(reward: str, minutes: float, model: str, out: Path, **kw) -> dict:
-    cfg = RLCMConfig(model=model, reward=reward, epochs=10_000, eval_every=10, eval_prompts=64,
+def held_out(trainer: RLCMTrainer) -> dict:
+    """JPEG size (kB) and toy fidelity of the held-out images (the trainer's evaluation prompts and seeds),
+    whatever the training reward (it may carry an alignment guard)."""
+    prompts = trainer.eval_prompt_list
+    images = trainer.sample_images(prompts, [10_000 + i for i in range(len(prompts))])
+    kb = -get_reward("jpeg_compressibility")(images, prompts)
+    return {"kb": float(kb.mean()), "fidelity": fidelity(images, prompts)["score"]}
+
+
+def run_task(reward: str, minutes: float, model: str, out: Path, guard: float = 0.0, **kw) -> dict:
+    spec = f"{reward}+{guard:g}*clip_alignment" if guard else reward
+    cfg = RLCMConfig(model=model, reward=spec, epochs=10_000, eval_every=10, eval_prompts=64,
                      output_dir=str(out / reward), checkpoint_every=10_000, **kw)
     trainer = RLCMTrainer(cfg)
+    before = held_out(trainer)
     stop = threading.Event()
     timer = threading.Timer(minutes * 60, stop.set)
     t0 = time.time()
@@ -30,13 +44,12 @@ def run_task(reward: str, minutes: float, model: str, out: Path, **kw) -> dict:
     trainer.train(stop=stop)  # the final evaluation happens after the stop, outside the budget
     timer.cancel()
     final = {"epoch": trainer.epoch, **trainer.evaluate()}
+    after = held_out(trainer)
     hist = trainer.history + [final]
-    reward_curve(hist, out / f"{reward}.png", f"{reward}: RLCM on the toy LCM")
-    first = hist[0]
-    return {"reward": reward, "epochs": trainer.epoch, "train_minutes": trainer.train_seconds / 60,
-            "wall_minutes": (time.time() - t0) / 60, "before": first["eval_reward_mean"],
-            "after": final["eval_reward_mean"], "fid_before": first["eval_fidelity"],
-            "fid_after": final["eval_fidelity"], "png": str(out / f"{reward}.png")}
+    reward_curve(hist, out / f"{reward}.png", f"{spec}: RLCM on the toy LCM")
+    return {"reward": reward, "spec": spec, "epochs": trainer.epoch, "train_minutes": trainer.train_seconds / 60,
+            "wall_minutes": (time.time() - t0) / 60, "kb_before": before["kb"], "kb_after": after["kb"],
+            "fid_before": before["fidelity"], "fid_after": after["fidelity"], "png": str(out / f"{reward}.png")}
 
 
 def main() -> None:
@@ -47,6 +60,8 @@ def main() -> None:
     p.add_argument("--out", default="bench/out/rl_tasks")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL anchor to the base model (RLCMConfig.kl_coef)")
+    p.add_argument("--guard", type=float, nargs="*", default=[],
+                   help="per task: reward + GUARD x CLIP prompt score (x100), e.g. --guard 0.1 0 (0: none)")
     p.add_argument("--quick", action="store_true", help="tiny run, RESULTS.md untouched")
     args = p.parse_args()
     out = Path(args.out)
@@ -55,14 +70,14 @@ def main() -> None:
     kw["kl_coef"] = args.kl_coef
     if args.quick:
         kw.update(prompts_per_epoch=2, images_per_prompt=4, train_batch_size=8, sample_batch_size=8)
-    rows = [run_task(t, args.minutes, args.model, out, **kw) for t in args.tasks]
-    lines = ["| task | epochs | train min | held-out reward before → after (kB) | toy fidelity before → after |",
-             "|---|---|---|---|---|"]
+    guards = (args.guard + [0.0] * len(args.tasks))[: len(args.tasks)]
+    rows = [run_task(t, args.minutes, args.model, out, guard=g, **kw) for t, g in zip(args.tasks, guards)]
+    lines = ["| task | training reward | epochs | train min | held-out JPEG size before → after (kB) | "
+             "toy fidelity before → after |", "|---|---|---|---|---|---|"]
     for r in rows:
-        sign = -1 if r["reward"] == "jpeg_compressibility" else 1  # report JPEG size, not the negated reward
-        lines.append(f"| {r['reward']} | {r['epochs']} | {r['train_minutes']:.1f} | "
-                     f"{sign * r['before']:.3f} → {sign * r['after']:.3f} | "
-                     f"{100 * r['fid_before']:.1f}% → {100 * r['fid_after']:.1f}% |")
+        lines.append(f"| {r['reward']} | `{r['spec']}` | {r['epochs']} | {r['train_minutes']:.1f} | "
+                     f"{r['kb_before']:.3f} → {r['kb_after']:.3f} | "
+                     f"{100 * r['fid_before']:.1f}% → {100 * r['fid_after']:.1f}% ({100 * (r['fid_after'] - r['fid_before']):+.1f} pts) |")
     lines += ["", "Held-out: 64 prompts of attribute combinations never used in training, fixed seeds. "
               "RLCM defaults of `RLCMConfig` (4 steps, guidance 8, LoRA r8, 32 samples per epoch, one optimiser "
               f"step per epoch), KL anchor to the base `kl_coef={args.kl_coef}`.", ""] + [f"![{r['reward']}](figures/{Path(r['png']).name})" for r in rows]

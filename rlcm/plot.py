@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def reward_figure(rows: list[dict], title: str = "RLCM", size: tuple[float, float] = (6, 3.5)):
-    """Train reward per epoch and held-out reward at evaluations, as a closed matplotlib figure."""
+    """Train reward per epoch, held-out reward (and toy fidelity) at evaluations, as a closed matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,8 +22,15 @@ def reward_figure(rows: list[dict], title: str = "RLCM", size: tuple[float, floa
     ax.set_xlabel("epoch")
     ax.set_ylabel("reward")
     ax.set_title(title)
-    if tr or ev:
-        ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    fid = [r for r in ev if "eval_fidelity" in r]
+    if fid:  # toy world: prompt fidelity on its own axis, to see what the reward costs
+        ax2 = ax.twinx()
+        (line,) = ax2.plot([r["epoch"] for r in fid], [100 * r["eval_fidelity"] for r in fid], "s--", color="tab:green")
+        ax2.set_ylabel("held-out fidelity (%)")
+        handles, labels = handles + [line], labels + ["held-out fidelity"]
+    if handles:
+        ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     plt.close(fig)
     return fig
