@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--clip", default="data/models/toy-clip", help="CLIP directory or open_clip name")
     ap.add_argument("--lcm", default="data/models/toy-lcm", type=Path)
     ap.add_argument("--raters", nargs="*", default=None, help=f"default: all of {', '.join(RATERS)}")
+    ap.add_argument("--image-features", default=rm.FitConfig.image_features, choices=["embedding", "embedding+tower"])
     ap.add_argument("--data-dir", default=None, help="keep the store and embedding cache here (default: temp dir)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -106,7 +107,7 @@ def main() -> None:
     source = make_samples(store, prompts, seeds, args.lcm)
     print(f"images: {source}; {store.counts()['samples']} samples in {time.perf_counter() - t:.1f}s", flush=True)
     print(f"backbone: {clip_note}", flush=True)
-    cache = rm.EmbeddingCache(clip, data_dir)
+    cache = rm.EmbeddingCache(clip, data_dir, args.image_features)
 
     rows, fit_time = [], None
     for name in raters:
@@ -115,19 +116,21 @@ def main() -> None:
         labelled = [r for r in store.comparisons() if r["rater"] == name]
         train = pairs_of(store, [r for r in labelled if r["prompt"] not in eval_prompts])
         held = pairs_of(store, [r for r in labelled if r["prompt"] in eval_prompts])
-        curve = rm.accuracy_curve(train, clip, sizes, eval_pairs=held, cache=cache)
+        fit_cfg = rm.FitConfig(image_features=args.image_features)
+        curve = rm.accuracy_curve(train, clip, sizes, config=fit_cfg, eval_pairs=held, cache=cache)
         rows.append((name, curve, len(held)))
         print(f"{name}: {len(labelled)} labels in {time.perf_counter() - t:.1f}s; "
               + ", ".join(f"{c['n_labels']}: {c['accuracy']}" for c in curve), flush=True)
         if fit_time is None:  # time a whole fit on up to 1,000 pairs, embeddings already cached
             everything = pairs_of(store, labelled[:1000])
-            rm.fit(everything[:20], clip, cache=cache)  # warm-up
+            rm.fit(everything[:20], clip, fit_cfg, cache=cache)  # warm-up
             t = time.perf_counter()
-            _, m = rm.fit(everything, clip, cache=cache)
+            _, m = rm.fit(everything, clip, fit_cfg, cache=cache)
             fit_time = (len(everything), time.perf_counter() - t, m)
 
     lines = [f"Images: {source}. Backbone: {clip_note}. Held-out pairs: all same-prompt pairs of "
-             f"{n_eval_prompts} prompts never used for fitting. Default FitConfig.", "",
+             f"{n_eval_prompts} prompts never used for fitting. Default FitConfig, image features "
+             f"`{args.image_features}`.", "",
              "| rater | " + " | ".join(f"{n} labels" for n in sizes) + " | held-out pairs |",
              "|---|" + "---|" * (len(sizes) + 1)]
     for name, curve, n_held in rows:

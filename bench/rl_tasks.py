@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ def held_out(trainer: RLCMTrainer) -> dict:
 
 def run_task(reward: str, minutes: float, model: str, out: Path, guard: float = 0.0, **kw) -> dict:
     spec = f"{reward}+{guard:g}*clip_alignment" if guard else reward
+    shutil.rmtree(out / reward, ignore_errors=True)  # a fresh run: no stale log rows or checkpoint
     cfg = RLCMConfig(model=model, reward=spec, epochs=10_000, eval_every=10, eval_prompts=64,
                      output_dir=str(out / reward), checkpoint_every=10_000, **kw)
     trainer = RLCMTrainer(cfg)
@@ -87,8 +89,6 @@ def main() -> None:
         from results import update_section
 
         for r in rows:
-            import shutil
-
             (Path(__file__).parent / "figures").mkdir(exist_ok=True)
             shutil.copy(r["png"], Path(__file__).parent / "figures" / Path(r["png"]).name)
         update_section("RLCM on the toy LCM: JPEG compressibility and incompressibility", md)

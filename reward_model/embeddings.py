@@ -48,11 +48,15 @@ class EmbeddingCache:
     `data_dir=None` keeps everything in memory.
     """
 
-    def __init__(self, clip, data_dir: str | Path | None = None, batch_size: int = 64):
+    def __init__(self, clip, data_dir: str | Path | None = None, image_features: str = "embedding",
+                 batch_size: int = 64):
         self.clip = clip
         self.batch_size = batch_size
+        self.image_features = image_features
         self.dir = Path(data_dir) / "embeddings" / clip_key(clip) if data_dir is not None else None
-        self._store: dict[str, dict[str, torch.Tensor]] = {"images": {}, "texts": {}}
+        # image features of another kind live in their own files ("images" keeps the plain embedding's name)
+        self._image_kind = "images" if image_features == "embedding" else f"images_{image_features.replace('+', '_')}"
+        self._store: dict[str, dict[str, torch.Tensor]] = {self._image_kind: {}, "texts": {}}
         self._lock = threading.Lock()
         if self.dir is not None:
             for kind in self._store:
@@ -100,23 +104,29 @@ class EmbeddingCache:
                 store.update(zip(missing, emb))
                 self._save(kind, missing, emb)
             if not keys:
-                return torch.zeros(0, self.embed_dim)
+                return torch.zeros(0, self._dim(kind))
             return torch.stack([store[k] for k in keys])
+
+    def _dim(self, kind: str) -> int:
+        for v in self._store[kind].values():
+            return int(v.shape[0])
+        if kind == "texts":
+            return int(self.clip.embed_texts(["a"]).shape[1])
+        return int(self.clip.image_features([Image.new("RGB", (64, 64))], self.image_features).shape[1])
 
     @property
     def embed_dim(self) -> int:
-        for kind in self._store.values():
-            for v in kind.values():
-                return int(v.shape[0])
-        return int(self.clip.embed_texts(["a"]).shape[1])
+        """Width D of the prompt embeddings (the image features may be wider)."""
+        return self._dim("texts")
 
     def images(self, ids: list[str], load_image: Callable[[str], Image.Image]) -> torch.Tensor:
-        """(N, D) embeddings of samples by id; `load_image(id)` is called only for ids not cached yet."""
-        return self._get("images", list(ids), lambda miss: self.clip.embed_images([load_image(i) for i in miss]))
+        """(N, I) image features of samples by id; `load_image(id)` is called only for ids not cached yet."""
+        return self._get(self._image_kind, list(ids),
+                         lambda miss: self.clip.image_features([load_image(i) for i in miss], self.image_features))
 
     def texts(self, prompts: list[str]) -> torch.Tensor:
         """(N, D) embeddings of prompts."""
         return self._get("texts", list(prompts), lambda miss: self.clip.embed_texts(miss))
 
     def __len__(self) -> int:
-        return len(self._store["images"])
+        return len(self._store[self._image_kind])

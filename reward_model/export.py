@@ -46,7 +46,8 @@ library_name: rlcm-studio
 Predicts which of two images of one prompt a rater prefers. A frozen CLIP backbone
 (`{b.get('name')}` from `{b.get('source')}`, weights fingerprint `{b.get('fingerprint')}`) embeds image and
 prompt; an ensemble of {config.ensemble_size} MLP heads (hidden width {config.hidden}) on
-{config.features} ({3 * config.embed_dim} inputs) gives a reward each, trained with the Bradley–Terry loss
+{config.features} with image features `{config.image_features}`
+({(config.image_dim or config.embed_dim) + 2 * config.embed_dim} inputs) gives a reward each, trained with the Bradley–Terry loss
 (ties as 1/2) on bootstrap resamples, with early stopping on a held-out split.
 
 ## Data and held-out metrics
@@ -140,7 +141,7 @@ def load(path: str | Path, clip=None, device: str = "cpu") -> RewardModel:
         tensors = load_bytes(blob)
     except Exception as e:
         raise ValueError(f"model.safetensors in {path} does not load: {e}") from None
-    head = EnsembleHead(cfg.embed_dim, cfg.hidden, cfg.ensemble_size)
+    head = EnsembleHead(cfg.embed_dim, cfg.hidden, cfg.ensemble_size, image_dim=cfg.image_dim)
     want = head.shapes
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if want != got:

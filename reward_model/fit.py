@@ -41,6 +41,9 @@ class FitConfig:
     bootstrap: bool = True  # resample the training pairs per head (False: every head sees them all)
     seed: int = 0  # split, bootstrap and initialisation
     min_pairs: int = 8  # refuse to fit on fewer labelled pairs
+    # "embedding+tower": the CLIP embedding plus the image tower's pooled last stage (rlcm.clip.Clip.image_features);
+    # "embedding": the embedding alone
+    image_features: str = "embedding+tower"
     version: str | None = None  # model version; default: UTC time + hash of the weights
 
     def __post_init__(self):
@@ -48,6 +51,8 @@ class FitConfig:
             raise ValueError("ensemble_size, hidden and max_epochs must be >= 1")
         if not (0.0 <= self.test_fraction < 1.0 and 0.0 < self.val_fraction < 1.0):
             raise ValueError("test_fraction must be in [0, 1) and val_fraction in (0, 1)")
+        if self.image_features not in ("embedding", "embedding+tower"):
+            raise ValueError(f"image_features {self.image_features!r}; valid: embedding, embedding+tower")
 
 
 @dataclass
@@ -164,7 +169,7 @@ def train_head(data: PairData, train: list[int], val: list[int], cfg: FitConfig)
     """Full-batch AdamW on the BT loss; per-head early stopping on `val`. Returns the head and best epochs."""
     torch.manual_seed(cfg.seed)
     k = cfg.ensemble_size
-    head = EnsembleHead(data.img.shape[1], cfg.hidden, k, seed=cfg.seed)
+    head = EnsembleHead(data.txt.shape[1], cfg.hidden, k, seed=cfg.seed, image_dim=data.img.shape[1])
     used = torch.unique(torch.cat([data.a[train], data.b[train]]))
     feats = features(data.img[used], data.txt[used])
     head.mean.copy_(feats.mean(0))
@@ -217,7 +222,9 @@ def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingC
 
         clip = load_clip(clip)
     if cache is None:
-        cache = EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None))
+        cache = EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None), cfg.image_features)
+    if cache.image_features != cfg.image_features:
+        raise ValueError(f"the cache holds {cache.image_features!r} image features, the fit wants {cfg.image_features!r}")
     t0 = time.perf_counter()
     data = collect(pairs_or_store, cache)
     t_embed = time.perf_counter() - t0
@@ -242,8 +249,9 @@ def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingC
     source, pretrained = clip_source(clip)
     version = cfg.version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + \
         sha256(b"".join(t.numpy().tobytes() for t in head.state_dict().values()))[:8]
-    mc = ModelConfig(version=version, embed_dim=int(data.img.shape[1]), hidden=cfg.hidden,
-                     ensemble_size=cfg.ensemble_size,
+    mc = ModelConfig(version=version, embed_dim=int(data.txt.shape[1]), hidden=cfg.hidden,
+                     ensemble_size=cfg.ensemble_size, image_features=cfg.image_features,
+                     image_dim=int(data.img.shape[1]),
                      backbone={"name": clip.name, "source": str(source), "pretrained": pretrained,
                                "fingerprint": clip_fingerprint(clip)},
                      data={k: metrics[k] for k in ("n_pairs", "n_train", "n_val", "n_test", "n_raters", "n_samples")})
@@ -253,7 +261,7 @@ def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingC
 def evaluate(model: RewardModel, pairs_or_store, cache: EmbeddingCache | None = None) -> dict:
     """Accuracy and log-loss of a fitted model on every labelled pair given (make sure it did not train on them)."""
     if cache is None:
-        cache = EmbeddingCache(model.clip, getattr(pairs_or_store, "data_dir", None))
+        cache = EmbeddingCache(model.clip, getattr(pairs_or_store, "data_dir", None), model.config.image_features)
     data = collect(pairs_or_store, cache)
     out = pair_metrics(model.head, PairData(data.img.to(model.device), data.txt.to(model.device), data.a, data.b,
                                             data.y, data.keys, data.raters, data.item_ids))
@@ -273,7 +281,7 @@ def accuracy_curve(pairs_or_store, clip, sizes=(50, 100, 200, 300, 500), config:
 
         clip = load_clip(clip)
     if cache is None:
-        cache = EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None))
+        cache = EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None), cfg.image_features)
     data = collect(pairs_or_store, cache)
     order = np.random.default_rng(cfg.seed).permutation(len(data)).tolist()
     eval_data = collect(eval_pairs, cache) if eval_pairs is not None else None

@@ -12,16 +12,17 @@ from torch import nn
 
 
 def features(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-    """(N, 3D) head input from (N, D) L2-normalised image and prompt embeddings."""
-    return torch.cat([img, txt, img * txt], dim=-1)
+    """(N, I + 2D) head input from (N, I) image features (the first D: the CLIP embedding) and (N, D) prompt
+    embeddings: [image, prompt, embedding * prompt]."""
+    return torch.cat([img, txt, img[:, : txt.shape[1]] * txt], dim=-1)
 
 
 class EnsembleHead(nn.Module):
     """K independent two-layer MLPs (GELU) mapping standardised features to one reward each."""
 
-    def __init__(self, embed_dim: int, hidden: int, ensemble_size: int, seed: int = 0):
+    def __init__(self, embed_dim: int, hidden: int, ensemble_size: int, seed: int = 0, image_dim: int | None = None):
         super().__init__()
-        k, f = ensemble_size, 3 * embed_dim
+        k, f = ensemble_size, (image_dim or embed_dim) + 2 * embed_dim
         g = torch.Generator().manual_seed(seed)
         self.w1 = nn.Parameter(torch.randn(k, f, hidden, generator=g) / f**0.5)  # (K, F, H)
         self.b1 = nn.Parameter(torch.zeros(k, hidden))  # (K, H)

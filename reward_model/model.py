@@ -24,7 +24,9 @@ class ModelConfig:
     embed_dim: int  # CLIP embedding size D
     hidden: int  # hidden width of each head
     ensemble_size: int  # number of heads K
-    features: str = "[img, txt, img*txt]"  # head input, 3D wide
+    image_features: str = "embedding"  # or "embedding+tower" (see rlcm.clip.Clip.image_features)
+    image_dim: int | None = None  # width I of the image features (None: D)
+    features: str = "[img, txt, img_embedding*txt]"  # head input, I + 2D wide
     normalisation: str = "CLIP embeddings L2-normalised; head input standardised by training mean/std"
     output: str = "reward = mean over heads; P(a over b) = mean over heads of sigmoid(r_a - r_b)"
     data: dict = field(default_factory=dict)  # sizes of the data it was fitted on
@@ -78,8 +80,9 @@ class RewardModel:
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
         if not images:
             d = self.config.embed_dim
-            return torch.zeros(0, d), torch.zeros(0, d)
-        img = torch.cat([self.clip.embed_images(images[i:i + batch]) for i in range(0, len(images), batch)])
+            return torch.zeros(0, self.config.image_dim or d), torch.zeros(0, d)
+        kind = self.config.image_features
+        img = torch.cat([self.clip.image_features(images[i:i + batch], kind) for i in range(0, len(images), batch)])
         uniq = list(dict.fromkeys(prompts))
         txt_u = self.clip.embed_texts(uniq)
         txt = txt_u[[uniq.index(p) for p in prompts]]
@@ -110,7 +113,7 @@ class RewardModel:
         u = 1 - |2p - 1| + std_k(p_k), in [0, 1.5]; embeddings go through `cache` (default: the store's).
         Build it once per model and reuse it: the returned function keeps its cache warm.
         """
-        cache = cache if cache is not None else EmbeddingCache(self.clip, store.data_dir)
+        cache = cache if cache is not None else EmbeddingCache(self.clip, store.data_dir, self.config.image_features)
 
         def uncertainty(pairs: list[tuple[str, str]]) -> list[float]:
             if not pairs:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ class Clip:
     tokenizer: object
     name: str
     device: str = "cpu"
+    _tower: threading.local = field(default_factory=threading.local, repr=False)  # per-thread hook output
+    _hooked: bool = field(default=False, repr=False)
 
     @property
     def embed_dim(self) -> int:
@@ -30,6 +33,32 @@ class Clip:
         """(N, D) L2-normalised image embeddings of PIL images."""
         x = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @torch.no_grad()
+    def image_features(self, images, kind: str = "embedding") -> torch.Tensor:
+        """(N, F) image features: "embedding" is `embed_images`; "embedding+tower" appends the image tower's
+        last-stage activations (conv stages: mean and max over space; ViT: mean over tokens), L2-normalised.
+        Contrastive training makes the embedding ignore what captions never mention (how much of the image is
+        warm, the exact size, texture); the tower's pooled activations still carry it."""
+        if kind == "embedding":
+            return self.embed_images(images)
+        if kind != "embedding+tower":
+            raise ValueError(f"unknown image features {kind!r}; valid: embedding, embedding+tower")
+        self._hook_tower()
+        emb = self.embed_images(images)  # the hook stores this thread's tower output on the way
+        t = self._tower.out
+        pooled = torch.cat([t.mean((2, 3)), t.amax((2, 3))], 1) if t.ndim == 4 else t.mean(1) if t.ndim == 3 else t
+        return torch.cat([emb, F.normalize(pooled.float(), dim=-1)], 1)
+
+    def _hook_tower(self) -> None:
+        if self._hooked:
+            return
+        visual = self.model.visual
+        module = getattr(visual, "layer4", None) or getattr(visual, "ln_post", None)  # ModifiedResNet / ViT
+        if module is None:
+            raise ValueError(f"{type(visual).__name__}: no known last stage (layer4 or ln_post) to pool")
+        module.register_forward_hook(lambda _m, _i, out: setattr(self._tower, "out", out.detach()))
+        self._hooked = True
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

@@ -179,3 +179,24 @@ def test_cli_fit_eval_export(store, clip_dir, tmp_path, capsys):  # noqa: F811
     assert copied.keys() == original.keys() and all(torch.equal(copied[k], original[k]) for k in copied)
     assert cli(["fit", "--db", str(tmp_path / "empty"), "--clip", str(clip_dir), "--out", str(tmp_path / "x")]) == 2
     assert "at least" in capsys.readouterr().err
+
+
+def test_tower_features_widen_the_image_input_and_travel_with_the_export(clip, warm_data, tmp_path):  # noqa: F811
+    """The default image features append the tower's pooled activations to the embedding; an export records the
+    kind, a reload scores identically, and a cache of the other kind is refused."""
+    both = clip.image_features([warm_data[1][0]["image_a"]], "embedding+tower")
+    emb = clip.image_features([warm_data[1][0]["image_a"]], "embedding")
+    assert both.shape[1] > emb.shape[1] and torch.allclose(both[:, : emb.shape[1]], emb)
+    with pytest.raises(ValueError, match="image features"):
+        clip.image_features([warm_data[1][0]["image_a"]], "pixels")
+    plain, _ = rm.fit(warm_data[0][:120], clip, rm.FitConfig(image_features="embedding", max_epochs=60))
+    tower, _ = rm.fit(warm_data[0][:120], clip, rm.FitConfig(max_epochs=60))
+    assert plain.config.image_dim == clip.embed_dim < tower.config.image_dim
+    d, _ = rm.export(tower, tmp_path / "rm")
+    again = rm.load(d, clip=clip)
+    assert again.config.image_features == "embedding+tower"
+    imgs = [p["image_a"] for p in warm_data[1][:6]]
+    prompts = [p["prompt"] for p in warm_data[1][:6]]
+    assert torch.allclose(again.score(imgs, prompts), tower.score(imgs, prompts), atol=1e-6)
+    with pytest.raises(ValueError, match="cache holds"):
+        rm.fit(warm_data[0][:40], clip, rm.FitConfig(), cache=rm.EmbeddingCache(clip))
