@@ -186,7 +186,8 @@ def main() -> None:
           + "".join(f"| {k.replace('_s', '')} (s) | {v:.1f} |\n" for k, v in report["stages_s"].items()))
     print("\n" + md)
     name = Path(args.oracle.split(":")[0]).stem + ":" + args.oracle.split(":")[-1] if ":" in args.oracle else args.oracle
-    path = update_section(f"Live loop: {name}, {report['labels']} labels, {budget / 60:g} min", md,
+    extra = "".join(f", {k} {v:g}" for k, v in (("guard", args.guard), ("KL", cfg.kl_coef)) if v)
+    path = update_section(f"Live loop: {name}, {report['labels']} labels, {budget / 60:g} min{extra}", md,
                           results_path(args.quick))
     print(f"wrote {path}")
     print(json.dumps(report))
