@@ -5,8 +5,8 @@
 Toy-LCM samples (36 training prompts x 8 seeds, 4 steps); for each simulated rater's underlying score (warmth,
 plainness, centred size) a ridge regression from features to the score is fitted on 24 prompts and judged on
 the other 12 by within-prompt pairwise ordering, over all pairs and over the pairs whose score difference is
-above the median (the clearer ones). Features: the CLIP image embedding the reward model uses, and pooled
-(mean and max) activations of the image tower's last two stages.
+above the median (the clearer ones). Features: the CLIP image embedding alone, and pooled (mean and max)
+activations of the image tower's last two stages (the reward model appends the last one to the embedding).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> None:
         with torch.no_grad():
             images += pipe([p] * SEEDS, num_inference_steps=4, guidance_scale=8.0, generator=gens).images
     clip = load_clip(args.clip)
-    feats = {"CLIP image embedding (the reward model's input)": clip.embed_images(images).numpy()}
+    feats = {"CLIP image embedding alone": clip.embed_images(images).numpy()}
     stages = [(n, m) for n, m in (("layer3", getattr(clip.model.visual, "layer3", None)),
                                   ("layer4", getattr(clip.model.visual, "layer4", None))) if m is not None]
     acts: dict[str, torch.Tensor] = {}
