@@ -82,7 +82,7 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     label(studio, 12)
     with pytest.raises(ValueError, match="alignment_guard"):
         studio.update_settings(4, 8.0, 2, 0, alignment_guard=-1.0)
-    assert studio.settings.alignment_guard == 0.0 and studio.settings.round_epochs == 2  # nothing changed
+    assert studio.settings.alignment_guard == 0.2 and studio.settings.round_epochs == 2  # nothing changed
     assert studio.update_settings(4, 8.0, 2, 0, alignment_guard=0.05, kl_coef=0.01)["kl_coef"] == 0.01
     studio.start_round("admin")  # the round runs with the guard and the KL anchor
     assert wait_round(studio)["state"] == "done"
