@@ -107,6 +107,12 @@ class RewardModel:
         p = torch.sigmoid(r_a - r_b)  # (K, N)
         return p.mean(0), (p.std(0) if p.shape[0] > 1 else torch.zeros_like(p[0]))
 
+    @classmethod
+    def pair_uncertainty_of(cls, r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
+        """From (K, N) rewards: u = 1 - |2p - 1| + std_k(p_k), in [0, 1.5]; high when unsure. (N,)"""
+        p, spread = cls.pair_probability(r_a, r_b)
+        return 1 - (2 * p - 1).abs() + spread
+
     def pair_uncertainty(self, store, cache: EmbeddingCache | None = None) -> Callable[[list[tuple[str, str]]], list[float]]:
         """An `uncertainty` for `FeedbackStore.next_pair`: high when P(a over b) is near 0.5 or the heads disagree.
 
@@ -121,8 +127,7 @@ class RewardModel:
             ids = [s for pair in pairs for s in pair]
             prompts = [store.get_sample(s)["prompt"] for s in ids]
             r = self.head_scores(cache.images(ids, store.load_image), cache.texts(prompts))  # (K, 2P)
-            p, spread = self.pair_probability(r[:, 0::2], r[:, 1::2])
-            return (1 - (2 * p - 1).abs() + spread).tolist()
+            return self.pair_uncertainty_of(r[:, 0::2], r[:, 1::2]).tolist()
 
         return uncertainty
 

@@ -46,8 +46,17 @@ def clip_alignment(clip: str = DEFAULT_TOY_CLIP, device: str = "cpu", pretrained
     """Prompt-image CLIP cosine similarity (x100, as CLIPScore); the toy CLIP offline."""
     from .clip import load_clip
 
-    model = load_clip(clip, device=device, pretrained=pretrained)
+    return _clip_score(load_clip(clip, device=device, pretrained=pretrained))
+
+
+def _clip_score(model) -> RewardFn:
     return lambda images, prompts: (100 * model.score(images, list(prompts))).cpu().numpy().astype(np.float32)
+
+
+def weighted_sum(terms: list[tuple[float, RewardFn]]) -> RewardFn:
+    """sum_i w_i * fn_i(images, prompts), accumulated in float64."""
+    return lambda images, prompts: sum(w * np.asarray(fn(images, prompts), np.float64)
+                                       for w, fn in terms).astype(np.float32)
 
 
 def with_alignment_guard(fn: RewardFn, clip, weight: float) -> RewardFn:
@@ -59,12 +68,7 @@ def with_alignment_guard(fn: RewardFn, clip, weight: float) -> RewardFn:
         from .clip import load_clip
 
         clip = load_clip(clip)
-
-    def guarded(images, prompts):
-        align = 100 * clip.score(images, list(prompts)).cpu().numpy().astype(np.float64)
-        return (np.asarray(fn(images, prompts), np.float64) + weight * align).astype(np.float32)
-
-    return guarded
+    return weighted_sum([(1.0, fn), (weight, _clip_score(clip))])
 
 
 class AestheticMLP:
@@ -176,9 +180,7 @@ def get_reward(spec: str, **kwargs) -> RewardFn:
     terms = parse_reward(spec)
     if len(terms) == 1 and terms[0][0] == 1.0:
         return REWARDS[terms[0][1]](**kwargs)
-    fns = [(w, REWARDS[name](**kwargs)) for w, name in terms]
-    return lambda images, prompts: sum(w * np.asarray(fn(images, prompts), np.float64)
-                                       for w, fn in fns).astype(np.float32)
+    return weighted_sum([(w, REWARDS[name](**kwargs)) for w, name in terms])
 
 
 class AsyncReward:

@@ -65,13 +65,12 @@ class ServedGenerator:
 
 def most_uncertain_pair(rm, images: list, prompt: str) -> tuple[int, int]:
     """Indices of the two images whose comparison the reward model is least sure about
-    (the score of `RewardModel.pair_uncertainty`: 1 - |2p - 1| + the heads' spread of p)."""
+    (`RewardModel.pair_uncertainty_of`, the score the store's pair selection uses too)."""
     import torch
 
     r = rm.head_scores_for(images, [prompt] * len(images))  # (K, N)
     ii, jj = torch.triu_indices(len(images), len(images), offset=1)
-    p, spread = rm.pair_probability(r[:, ii], r[:, jj])
-    k = int((1 - (2 * p - 1).abs() + spread).argmax())
+    k = int(rm.pair_uncertainty_of(r[:, ii], r[:, jj]).argmax())
     return int(ii[k]), int(jj[k])
 
 
