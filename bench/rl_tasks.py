@@ -3,6 +3,7 @@
 Example:
   python bench/rl_tasks.py --minutes 10                 # both tasks, 10 minutes each, writes bench/RESULTS.md
   python bench/rl_tasks.py --minutes 10 --guard 0.1 0   # compressibility with a CLIP prompt-alignment guard
+  python bench/rl_tasks.py --minutes 10 --kl-coef 0.1 --kl-units x0   # anchored to the base's clean latents
   python bench/rl_tasks.py --minutes 1 --quick          # a wiring check, writes nothing
 """
 
@@ -54,6 +55,22 @@ def run_task(reward: str, minutes: float, model: str, out: Path, guard: float = 
             "fid_before": before["fidelity"], "fid_after": after["fidelity"], "png": str(out / f"{reward}.png")}
 
 
+def section(rows: list[dict], kl_coef: float, kl_units: str) -> str:
+    lines = ["| task | training reward | epochs | train min | held-out JPEG size before → after (kB) | "
+             "toy fidelity before → after |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        change = 100 * (r["kb_after"] / r["kb_before"] - 1)
+        lines.append(f"| {r['reward']} | `{r['spec']}` | {r['epochs']} | {r['train_minutes']:.1f} | "
+                     f"{r['kb_before']:.3f} → {r['kb_after']:.3f} ({change:+.1f}%) | "
+                     f"{100 * r['fid_before']:.1f}% → {100 * r['fid_after']:.1f}% "
+                     f"({100 * (r['fid_after'] - r['fid_before']):+.1f} pts) |")
+    lines += ["", "Held-out: 64 prompts of attribute combinations never used in training, fixed seeds. "
+              "RLCM defaults of `RLCMConfig` (4 steps, guidance 8, LoRA r8, 32 samples per epoch, one optimiser "
+              f"step per epoch), KL anchor to the base `kl_coef={kl_coef:g}` in `{kl_units}` units.", ""]
+    lines += [f"![{r['reward']}](figures/{Path(r['png']).name})" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="training wall-clock per task")
@@ -62,36 +79,30 @@ def main() -> None:
     p.add_argument("--out", default="bench/out/rl_tasks")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL anchor to the base model (RLCMConfig.kl_coef)")
+    p.add_argument("--kl-units", default="action", choices=["action", "x0"],
+                   help="units of the KL anchor (RLCMConfig.kl_units): x0 anchors the layout step too")
     p.add_argument("--guard", type=float, nargs="*", default=[],
                    help="per task: reward + GUARD x CLIP prompt score (x100), e.g. --guard 0.1 0 (0: none)")
     p.add_argument("--quick", action="store_true", help="tiny run, RESULTS.md untouched")
+    p.add_argument("--no-record", action="store_true", help="print only; RESULTS.md untouched")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kw = {"lr": args.lr} if args.lr else {}
-    kw["kl_coef"] = args.kl_coef
+    kw.update(kl_coef=args.kl_coef, kl_units=args.kl_units)
     if args.quick:
         kw.update(prompts_per_epoch=2, images_per_prompt=4, train_batch_size=8, sample_batch_size=8)
     guards = (args.guard + [0.0] * len(args.tasks))[: len(args.tasks)]
     rows = [run_task(t, args.minutes, args.model, out, guard=g, **kw) for t, g in zip(args.tasks, guards)]
-    lines = ["| task | training reward | epochs | train min | held-out JPEG size before → after (kB) | "
-             "toy fidelity before → after |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['reward']} | `{r['spec']}` | {r['epochs']} | {r['train_minutes']:.1f} | "
-                     f"{r['kb_before']:.3f} → {r['kb_after']:.3f} | "
-                     f"{100 * r['fid_before']:.1f}% → {100 * r['fid_after']:.1f}% ({100 * (r['fid_after'] - r['fid_before']):+.1f} pts) |")
-    lines += ["", "Held-out: 64 prompts of attribute combinations never used in training, fixed seeds. "
-              "RLCM defaults of `RLCMConfig` (4 steps, guidance 8, LoRA r8, 32 samples per epoch, one optimiser "
-              f"step per epoch), KL anchor to the base `kl_coef={args.kl_coef}`.", ""] + [f"![{r['reward']}](figures/{Path(r['png']).name})" for r in rows]
-    md = "\n".join(lines)
+    md = section(rows, args.kl_coef, args.kl_units)
     print(md)
-    if not args.quick:
+    if not (args.quick or args.no_record):
         from results import update_section
 
-        for r in rows:
+        for r in rows:  # one section per task, so tasks may run as separate processes
             (Path(__file__).parent / "figures").mkdir(exist_ok=True)
             shutil.copy(r["png"], Path(__file__).parent / "figures" / Path(r["png"]).name)
-        update_section("RLCM on the toy LCM: JPEG compressibility and incompressibility", md)
+            update_section(f"RLCM on the toy LCM: {r['reward']}", section([r], args.kl_coef, args.kl_units))
 
 
 if __name__ == "__main__":

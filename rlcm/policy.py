@@ -170,6 +170,21 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -
     return 0.5 * d.pow(2).mean(dim=tuple(range(1, d.ndim)))
 
 
+def anchor_penalty(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, units: str = "action"):
+    """Per-sample penalty for one step's distance to the base model. (B,)
+
+    "action": the Gaussian KL. "x0" (LCM steps, mean = sqrt(a') * denoised and std^2 = 1 - a'): the KL times
+    std^2 / a', i.e. half the mean squared change of the predicted clean latent, the same scale at every step.
+    """
+    kl = gaussian_kl(mean, ref_mean, std)
+    if units == "x0":
+        var = std.float() ** 2
+        return kl * (var / (1 - var))
+    if units != "action":
+        raise ValueError(f"units {units!r}; valid: action, x0")
+    return kl
+
+
 class LCMPolicy(_Policy):
     """RLCM's policy over LCMScheduler steps (LatentConsistencyModelPipeline, or SD + LCM-LoRA)."""
 

@@ -23,7 +23,7 @@ import torch
 
 from . import lora as lora_utils
 from .pipelines import DEFAULT_MODEL, load_pipeline
-from .policy import Trajectory, gaussian_kl, gaussian_log_prob, make_policy
+from .policy import LCMPolicy, Trajectory, anchor_penalty, gaussian_log_prob, make_policy
 from .prompts import get_prompts
 from .rewards import AsyncReward, get_reward
 from .stats import PerPromptStatTracker
@@ -59,6 +59,11 @@ class RLCMConfig:
     # Per-step KL to the base model (LoRA off), as in DPOK: keeps what the prompt asked for while the reward
     # moves the rest. The paper has none (0); one extra no-grad UNet pass per action when on.
     kl_coef: float = 0.0
+    # "action": the Gaussian KL of each step as is. "x0": each step's KL rescaled to half the mean squared change
+    # of the predicted clean latent, sigma^2 / alpha' times the KL (LCM only). In action units the first step,
+    # which sets the layout, weighs ~35x less than the last at 4 steps, so the anchor barely holds what the prompt
+    # asked for while it freezes fine texture; x0 units anchor every step equally in image terms.
+    kl_units: str = "action"
     lora_rank: int = 8
     lora_alpha: float = 8.0
     init_lora: str | None = None  # peft-format adapter.safetensors to start from (a previous round's)
@@ -77,6 +82,8 @@ class RLCMConfig:
     def __post_init__(self):
         if self.prompts_per_epoch * self.images_per_prompt % self.train_batch_size:
             raise ValueError("prompts_per_epoch * images_per_prompt must be a multiple of train_batch_size")
+        if self.kl_units not in ("action", "x0"):
+            raise ValueError(f"kl_units {self.kl_units!r}; valid: action, x0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision {self.mixed_precision!r}; valid: no, fp16, bf16")
 
@@ -122,6 +129,8 @@ class RLCMTrainer:
         self.pipe = pipe if pipe is not None else load_pipeline(cfg.model, cfg.lcm_lora, str(acc.device), dtype)
         self.pipe.to(acc.device)
         self.policy = make_policy(self.pipe, cfg.num_steps, cfg.guidance_scale)
+        if cfg.kl_coef and cfg.kl_units == "x0" and not isinstance(self.policy, LCMPolicy):
+            raise ValueError("kl_units='x0' needs an LCMScheduler pipeline (the DDIM mean mixes x0 and eps)")
         self.lora_config = lora_utils.add_lora(self.pipe.unet, cfg.lora_rank, cfg.lora_alpha)
         if cfg.init_lora:
             from safetensors.torch import load_file
@@ -257,7 +266,7 @@ class RLCMTrainer:
                         clipped = -a * torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
                         part = torch.maximum(unclipped, clipped).sum() / len(mb)
                         if tr.ref_means is not None:
-                            kl = gaussian_kl(mean, tr.ref_means[idx, j].to(mean.device), std)
+                            kl = anchor_penalty(mean, tr.ref_means[idx, j].to(mean.device), std, cfg.kl_units)
                             part = part + cfg.kl_coef * kl.sum() / len(mb)
                             info["kl_to_base"].append(kl.mean().item())
                         loss = loss + part

@@ -5,7 +5,7 @@ import torch
 
 from rlcm.arch import lcm_pipeline, random_lcm_lora, sd15_pipeline
 from rlcm.pipelines import load_pipeline
-from rlcm.policy import DDIMPolicy, LCMPolicy, make_policy
+from rlcm.policy import DDIMPolicy, LCMPolicy, anchor_penalty, make_policy
 
 PROMPTS = ["a red circle on a blue background", "a large green star"]
 
@@ -81,3 +81,23 @@ def test_shipped_toy_lcm_matches_pipeline(toy_lcm_path):
                output_type="pt").images
     _, mine = policy_images(make_policy(pipe, 4, 8.0), 0)
     assert ref.shape == (2, 3, 64, 64) and torch.equal(ref, mine)
+
+
+def test_x0_anchor_is_the_clean_latent_change_at_every_step(tiny_lcm):
+    """kl_units="x0": the penalty is half the mean squared change of the predicted clean latent (denoised),
+    whereas the action KL of the same change shrinks with the step's noise level (first steps barely count)."""
+    policy = LCMPolicy(tiny_lcm, 4, 8.0)
+    tr = policy.sample(PROMPTS, generator=torch.Generator().manual_seed(1), decode=False)
+    embeds = policy._batch_embeds(tr.embeds, slice(None))
+    action_kls = []
+    for j in range(tr.actions.shape[1]):
+        mean, std, denoised = policy._step(tiny_lcm.unet, tr.states[:, j], j, embeds)
+        other = denoised + 0.1 * torch.randn_like(denoised)  # a model predicting a different clean latent
+        a_prev = 1 - std.float() ** 2
+        other_mean = a_prev.sqrt() * other
+        x0 = anchor_penalty(other_mean, mean, std, "x0")
+        assert torch.allclose(x0, 0.5 * (other - denoised).pow(2).mean(dim=(1, 2, 3)), rtol=1e-4)
+        action_kls.append(anchor_penalty(other_mean, mean, std, "action").mean().item())
+    assert action_kls[0] < action_kls[-1] / 10  # same 0.1 change: the layout step is barely anchored in KL
+    with pytest.raises(ValueError, match="valid: action, x0"):
+        anchor_penalty(mean, mean, std, "pixels")

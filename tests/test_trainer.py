@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from rlcm.arch import lcm_pipeline
@@ -98,12 +99,13 @@ def test_two_cpu_processes_synchronise_gradients(tmp_path):
     assert np.abs(d0).max() > 0 and np.allclose(d0, d1, atol=1e-7)  # all-reduced gradients: same update
 
 
-def test_kl_anchor_pulls_the_policy_back_to_the_base(tmp_path):
+@pytest.mark.parametrize("units", ["action", "x0"])
+def test_kl_anchor_pulls_the_policy_back_to_the_base(tmp_path, units):
     """With a constant reward (zero advantages) only the KL term acts: it must shrink the distance to the base."""
     pipe = lcm_pipeline("tiny", seed=0)
     pipe.set_progress_bar_config(disable=True)
     const = lambda images, prompts: np.zeros(len(images), np.float32)  # noqa: E731
-    tr = RLCMTrainer(tiny_config(tmp_path, kl_coef=1.0, lr=5e-3), pipe=pipe, reward_fn=const)
+    tr = RLCMTrainer(tiny_config(tmp_path, kl_coef=1.0, lr=5e-3, kl_units=units), pipe=pipe, reward_fn=const)
     torch.manual_seed(0)
     with torch.no_grad():  # move the policy away from the base (LoRA B starts at zero)
         for n, p in tr.pipe.unet.named_parameters():
