@@ -36,6 +36,7 @@ class StudioSettings:
     # fidelity (+1.0 pts) while the oracle preferred 89% of tuned samples (bench/live_loop.py; 0.05: -8.9 pts)
     alignment_guard: float = 0.2
     kl_coef: float = 0.0  # RLCM_KL: per-step KL anchor to the base model in rounds (RLCMConfig.kl_coef)
+    kl_units: str = "action"  # RLCM_KL_UNITS: action | x0 (RLCMConfig.kl_units)
     round_prompts: int = 8  # prompts per RLCM epoch (x4 images each)
     auto_round_every: int = 0  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
@@ -58,7 +59,7 @@ class StudioSettings:
             rating=_env("RLCM_RATING", cls.rating), prompt_set=_env("RLCM_PROMPTS", cls.prompt_set),
             steps=_env("RLCM_STEPS", cls.steps, int), guidance=_env("RLCM_GUIDANCE", cls.guidance, float),
             alignment_guard=_env("RLCM_ALIGNMENT_GUARD", cls.alignment_guard, float),
-            kl_coef=_env("RLCM_KL", cls.kl_coef, float),
+            kl_coef=_env("RLCM_KL", cls.kl_coef, float), kl_units=_env("RLCM_KL_UNITS", cls.kl_units),
             round_epochs=_env("RLCM_ROUND_EPOCHS", cls.round_epochs, int),
             auto_round_every=_env("RLCM_AUTO_ROUND", cls.auto_round_every, int),
             device=_env("RLCM_DEVICE", None),
@@ -78,6 +79,8 @@ class StudioSettings:
             raise ValueError("steps must be between 2 and 16 (the last LCM step adds no noise)")
         if self.alignment_guard < 0 or self.kl_coef < 0:
             raise ValueError("alignment_guard and kl_coef must be >= 0")
+        if self.kl_units not in ("action", "x0"):
+            raise ValueError(f"kl_units {self.kl_units!r}; valid: action, x0")
         if self.round_epochs < 1 or self.auto_round_every < 0 or self.queue_size < 1:
             raise ValueError("round_epochs and queue_size must be >= 1, auto_round_every >= 0")
 

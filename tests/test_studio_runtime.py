@@ -1,5 +1,6 @@
 """The studio runtime without Gradio: a failed round changes nothing served; a restart picks everything up."""
 
+import json
 import time
 import uuid
 
@@ -84,10 +85,12 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
         studio.update_settings(4, 8.0, 2, 0, alignment_guard=-1.0)
     assert studio.settings.alignment_guard == 0.2 and studio.settings.round_epochs == 2  # nothing changed
     assert studio.update_settings(4, 8.0, 2, 0, alignment_guard=0.05, kl_coef=0.01)["kl_coef"] == 0.01
+    studio.settings.kl_units = "x0"
     studio.start_round("admin")  # the round runs with the guard and the KL anchor
     assert wait_round(studio)["state"] == "done"
     log = (tmp_path / "rounds" / "1" / "log.jsonl").read_text()
     assert '"kl_to_base"' in log
+    assert json.loads((tmp_path / "rounds" / "1" / "config.json").read_text())["kl_units"] == "x0"
     version = studio.generator.version
     served = np.asarray(studio.generator.generate(["a blue star"], [9])[0][0])
     counts = studio.store.counts()
@@ -98,3 +101,14 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     assert np.array_equal(served, np.asarray(again.generator.generate(["a blue star"], [9])[0][0]))
     assert [r["version"] for r in again.compare()] == ["base", "round-1"]
     again.close()
+
+
+def test_kl_units_from_the_environment(monkeypatch):
+    from studio.settings import StudioSettings
+
+    monkeypatch.setenv("RLCM_ADMIN_PASSWORD", "pw")
+    monkeypatch.setenv("RLCM_KL_UNITS", "x0")
+    assert StudioSettings.from_env().kl_units == "x0"
+    monkeypatch.setenv("RLCM_KL_UNITS", "pixels")
+    with pytest.raises(ValueError, match="valid: action, x0"):
+        StudioSettings.from_env()
