@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlcm.plot import reward_curve  # noqa: E402
+from rlcm.policy import KL_UNITS  # noqa: E402
 from rlcm.rewards import get_reward  # noqa: E402
 from rlcm.toy.checker import fidelity  # noqa: E402
 from rlcm.trainer import RLCMConfig, RLCMTrainer  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0, help="training seed (also picks the held-out prompts)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL anchor to the base model (RLCMConfig.kl_coef)")
-    p.add_argument("--kl-units", default="action", choices=["action", "x0"],
+    p.add_argument("--kl-units", default="action", choices=KL_UNITS,
                    help="units of the KL anchor (RLCMConfig.kl_units): x0 anchors the layout step too")
     p.add_argument("--guard", type=float, nargs="*", default=[],
                    help="per task: reward + GUARD x CLIP prompt score (x100), e.g. --guard 0.1 0 (0: none)")

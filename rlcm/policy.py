@@ -170,6 +170,9 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -
     return 0.5 * d.pow(2).mean(dim=tuple(range(1, d.ndim)))
 
 
+KL_UNITS = ("action", "x0")  # the units `anchor_penalty` (and RLCMConfig.kl_units) accept
+
+
 def anchor_penalty(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, units: str = "action"):
     """Per-sample penalty for one step's distance to the base model. (B,)
 
@@ -180,8 +183,8 @@ def anchor_penalty(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor
     if units == "x0":
         var = std.float() ** 2
         return kl * (var / (1 - var))
-    if units != "action":
-        raise ValueError(f"units {units!r}; valid: action, x0")
+    if units not in KL_UNITS:
+        raise ValueError(f"units {units!r}; valid: {', '.join(KL_UNITS)}")
     return kl
 
 

@@ -23,7 +23,7 @@ import torch
 
 from . import lora as lora_utils
 from .pipelines import DEFAULT_MODEL, load_pipeline
-from .policy import LCMPolicy, Trajectory, anchor_penalty, gaussian_log_prob, make_policy
+from .policy import KL_UNITS, LCMPolicy, Trajectory, anchor_penalty, gaussian_log_prob, make_policy
 from .prompts import get_prompts
 from .rewards import AsyncReward, get_reward
 from .stats import PerPromptStatTracker
@@ -82,8 +82,8 @@ class RLCMConfig:
     def __post_init__(self):
         if self.prompts_per_epoch * self.images_per_prompt % self.train_batch_size:
             raise ValueError("prompts_per_epoch * images_per_prompt must be a multiple of train_batch_size")
-        if self.kl_units not in ("action", "x0"):
-            raise ValueError(f"kl_units {self.kl_units!r}; valid: action, x0")
+        if self.kl_units not in KL_UNITS:
+            raise ValueError(f"kl_units {self.kl_units!r}; valid: {', '.join(KL_UNITS)}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision {self.mixed_precision!r}; valid: no, fp16, bf16")
 

@@ -110,7 +110,8 @@ class RoundRunner:
                 train_batch_size=min(16, s.round_prompts * 4),
                 eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
                 init_lora=str(prev) if prev else None, device=s.device, checkpoint_every=2,
-                mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no", kl_coef=s.kl_coef, kl_units=s.kl_units)
+                mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no",
+                kl_coef=s.kl_coef, kl_units=s.kl_units)
             scorer = with_alignment_guard(
                 lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
                 rm.clip, s.alignment_guard)

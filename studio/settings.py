@@ -79,8 +79,10 @@ class StudioSettings:
             raise ValueError("steps must be between 2 and 16 (the last LCM step adds no noise)")
         if self.alignment_guard < 0 or self.kl_coef < 0:
             raise ValueError("alignment_guard and kl_coef must be >= 0")
-        if self.kl_units not in ("action", "x0"):
-            raise ValueError(f"kl_units {self.kl_units!r}; valid: action, x0")
+        from rlcm.policy import KL_UNITS
+
+        if self.kl_units not in KL_UNITS:  # checked here too, so a bad RLCM_KL_UNITS fails at start-up
+            raise ValueError(f"kl_units {self.kl_units!r}; valid: {', '.join(KL_UNITS)}")
         if self.round_epochs < 1 or self.auto_round_every < 0 or self.queue_size < 1:
             raise ValueError("round_epochs and queue_size must be >= 1, auto_round_every >= 0")
 
