@@ -42,6 +42,11 @@ class BuildConfig:
     teacher_steps: int = 5_000
     teacher_batch: int = 32
     teacher_lr: float = 5e-4
+    # Continue a teacher from a saved pipeline (its UNet and text encoder) at this step of the schedule, with a
+    # fresh optimiser and a 200-step re-warmup: how a shipped teacher is trained further when the work
+    # directory's checkpoint is gone.
+    teacher_init: Path | None = None
+    teacher_init_step: int = 0
     cond_dropout: float = 0.1  # empty prompt this often, for classifier-free guidance
     min_snr_gamma: float = 5.0
     # Offset noise (per-image, per-channel constant added to the noise): SD's schedule leaks ~7% of the
@@ -260,6 +265,16 @@ def offset_noise(x0: torch.Tensor, strength: float) -> torch.Tensor:
     return torch.randn_like(x0) + strength * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
 
 
+def _load_teacher_weights(pipe_dir: Path, unet, te) -> None:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet.load_state_dict({k: v.float() for k, v in
+                          UNet2DConditionModel.from_pretrained(pipe_dir / "unet").state_dict().items()})
+    te.load_state_dict({k: v.float() for k, v in
+                        CLIPTextModel.from_pretrained(pipe_dir / "text_encoder").state_dict().items()})
+
+
 def stage_teacher(cfg: BuildConfig) -> None:
     out = cfg.out / "toy-teacher"
     if (out / "model_index.json").exists():
@@ -277,11 +292,18 @@ def stage_teacher(cfg: BuildConfig) -> None:
     opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, weight_decay=1e-2)
     ck = Checkpoint(cfg.work / "teacher.ckpt")
     step = ck.load(unet=unet, te=te, opt=opt)
+    rewarm = 0
+    if cfg.teacher_init is not None:
+        rewarm = cfg.teacher_init_step
+        if step == 0:
+            _load_teacher_weights(cfg.teacher_init, unet, te)
+            step = cfg.teacher_init_step
+            log(f"teacher starts from {cfg.teacher_init} at step {step}")
     eval_prompts = world.prompts("heldout", 64, seed=1)
     t0 = time.time()
     while step < cfg.teacher_steps:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.teacher_steps, cfg.teacher_lr)
+            g["lr"] = lr_at(step, cfg.teacher_steps, cfg.teacher_lr) * min(1.0, (step - rewarm + 1) / 200)
         idx = np.random.randint(0, len(latents), cfg.teacher_batch)
         x0 = latents[idx]
         ids = _batch_ids(data, idx, cfg.cond_dropout)
@@ -605,12 +627,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=BuildConfig.out)
     p.add_argument("--work", type=Path, default=BuildConfig.work)
     p.add_argument("--teacher-steps", type=int, default=BuildConfig.teacher_steps)
+    p.add_argument("--teacher-init", type=Path, default=None,
+                   help="continue the teacher from this saved pipeline directory (fresh optimiser)")
+    p.add_argument("--teacher-init-step", type=int, default=0, help="schedule step the --teacher-init weights are at")
     p.add_argument("--lcd-steps", type=int, default=BuildConfig.lcd_steps)
     p.add_argument("--clip-steps", type=int, default=BuildConfig.clip_steps)
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage, to check the wiring")
     args = p.parse_args(argv)
     cfg = BuildConfig(out=args.out, work=args.work, teacher_steps=args.teacher_steps, lcd_steps=args.lcd_steps,
-                      clip_steps=args.clip_steps)
+                      clip_steps=args.clip_steps, teacher_init=args.teacher_init,
+                      teacher_init_step=args.teacher_init_step)
     if args.smoke:
         cfg = BuildConfig(out=args.out, work=args.work, n_scenes=300, vae_steps=3, teacher_steps=3, lcd_steps=3,
                           clip_steps=3, eval_every=2, card_prompts=8)

@@ -52,7 +52,9 @@ def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
         f"- teacher: UNet2DConditionModel 48/96/96 with cross-attention at every level and a pooled-text "
         f"embedding, 3-layer CLIP text encoder (word-level tokenizer) trained jointly; eps-prediction, "
         f"min-SNR-{cfg.min_snr_gamma:g}, {cfg.cond_dropout:.0%} empty prompts, {cfg.teacher_steps} steps at batch "
-        f"{cfg.teacher_batch}, lr {cfg.teacher_lr:g} cosine",
+        f"{cfg.teacher_batch}, lr {cfg.teacher_lr:g} cosine" + (
+            f" (continued from `{cfg.teacher_init}` at step {cfg.teacher_init_step} with a fresh optimiser and a "
+            "200-step re-warmup: `--teacher-init`)" if cfg.teacher_init else ""),
         f"- LCM: latent consistency distillation from the teacher (DDIM solver over {cfg.ddim_steps} steps, "
         f"guidance w ~ U[{cfg.w_min:g}, {cfg.w_max:g}] embedded with `time_cond_proj_dim={cfg.time_cond_proj_dim}`, "
         f"EMA target {cfg.ema_decay}, pseudo-Huber loss), {cfg.lcd_steps} steps at batch {cfg.lcd_batch}",
@@ -61,8 +63,7 @@ def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
         f"attribute-swapped hard negative per single-object scene, captions short / full / full + position, "
         f"{cfg.clip_steps} steps at batch {cfg.clip_batch}",
         "",
-        "Wall-clock per stage on this 2-core CPU, summed over every run of it (from data/build/build.log; other "
-        "work shared the CPU at times; the CLIP stage includes a first, ViT, attempt): " + (", ".join(f"{k} {v:.0f} min" for k, v in stage_minutes(cfg.work / "build.log").items())
+        f"Wall-clock per stage on this 2-core CPU, summed over every run of it (from {cfg.work}/build.log): " + (", ".join(f"{k} {v:.0f} min" for k, v in stage_minutes(cfg.work / "build.log").items())
                       or "not recorded") + ".",
         "",
         f"## Prompt fidelity on {cfg.card_prompts} held-out prompts x 2 seeds (toy checker)",
