@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# Benchmark results\n\nEach section is written by the script named in its command line (see bench/).\n"
+HEADER = ("# Benchmark results\n\nEach section is written by the script named in its command line (see bench/); "
+          "its stamp names the shipped toy generators it measured (sha256 prefix of each UNet file).\n")
 
 
 def machine() -> str:
@@ -36,6 +37,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores; {gpu}"
 
 
+def toy_models() -> str:
+    """Which shipped toy generators a figure is of: the first 8 hex digits of each UNet file's sha256."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent / "data" / "models"
+    tags = []
+    for name in ("toy-lcm", "toy-teacher"):
+        f = root / name / "unet" / "diffusion_pytorch_model.safetensors"
+        if f.exists():
+            tags.append(f"{name} {hashlib.sha256(f.read_bytes()).hexdigest()[:8]}")
+    return ", ".join(tags) or "no toy models"
+
+
 def command_line() -> str:
     """The command as typed, with the thread-count variable if it was set."""
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ)
@@ -51,7 +65,7 @@ def results_path(quick: bool) -> Path:
 def update_section(title: str, markdown: str, path: str | Path = RESULTS) -> Path:
     """Write `## title` with a stamp line and `markdown` into `path`, replacing a section of that title."""
     path = Path(path)
-    stamp = f"_{time.strftime('%Y-%m-%d %H:%M %Z')} · {machine()} · `{command_line()}`_"
+    stamp = f"_{time.strftime('%Y-%m-%d %H:%M %Z')} · {machine()} · {toy_models()} · `{command_line()}`_"
     section = f"## {title}\n\n{stamp}\n\n{markdown.strip()}\n"
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
