@@ -39,7 +39,7 @@ class BuildConfig:
     seed: int = 0
     vae_steps: int = 1_500
     vae_batch: int = 32
-    teacher_steps: int = 5_000
+    teacher_steps: int = 10_000  # shape binding comes late: 27% of shapes right at 4,500 steps, 89% at 10,000
     teacher_batch: int = 32
     teacher_lr: float = 5e-4
     # Continue a teacher from a saved pipeline (its UNet and text encoder) at this step of the schedule, with a
@@ -62,7 +62,7 @@ class BuildConfig:
     ddim_steps: int = 50  # the teacher ODE solver grid for distillation (skip = 1000 / 50)
     ema_decay: float = 0.95  # target network of consistency distillation
     time_cond_proj_dim: int = 64
-    clip_steps: int = 2_500
+    clip_steps: int = 3_000
     clip_batch: int = 128
     eval_every: int = 1_000
     card_prompts: int = 256  # held-out prompts of the model card's evaluation (x2 seeds)
