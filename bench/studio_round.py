@@ -61,6 +61,7 @@ def main() -> None:
     row = studio.store.get_round(rid)
     m = row["metrics"] or {}
     lat = np.array(latencies) * 1000
+    num = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731  (absent when a round failed)
     md = "\n".join([
         f"Simulated rater `{args.oracle}`, {args.labels} votes through `Studio.vote`, each followed by "
         "`Studio.next_pair` (in-process, from the queue; the HTTP round trip is in the load benchmark).",
@@ -70,10 +71,11 @@ def main() -> None:
         f"{lat.max():.1f} ms |",
         f"| default round ({s.round_epochs} RLCM epochs x {s.round_prompts * 4} samples, {s.steps} steps), wall-clock | "
         f"{seconds:.0f} s ({row['status']}) |",
-        f"| reward-model held-out accuracy | {(m.get('reward_model') or {}).get('accuracy')} |",
+        f"| reward-model held-out accuracy | {num((m.get('reward_model') or {}).get('accuracy'))} |",
         f"| served model's held-out reward (fitted reward model), before → after | "
-        f"{m.get('reward_before')} → {m.get('reward_after')} |",
-        f"| toy prompt fidelity before → after | {m.get('fidelity_before')} → {m.get('fidelity_after')} |",
+        f"{num(m.get('reward_before'))} → {num(m.get('reward_after'))} |",
+        f"| toy prompt fidelity before → after | {num(m.get('fidelity_before'), '.1%')} → "
+        f"{num(m.get('fidelity_after'), '.1%')} |",
     ])
     print(md)
     update_section("Studio: next pair latency and one default round (CPU)", md, path=results_path(args.quick))
