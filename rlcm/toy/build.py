@@ -269,10 +269,9 @@ def _load_teacher_weights(pipe_dir: Path, unet, te) -> None:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    unet.load_state_dict({k: v.float() for k, v in
-                          UNet2DConditionModel.from_pretrained(pipe_dir / "unet").state_dict().items()})
-    te.load_state_dict({k: v.float() for k, v in
-                        CLIPTextModel.from_pretrained(pipe_dir / "text_encoder").state_dict().items()})
+    # load_state_dict copies into the fresh fp32 parameters, so the fp16 files need no cast here
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(pipe_dir / "unet").state_dict())
+    te.load_state_dict(CLIPTextModel.from_pretrained(pipe_dir / "text_encoder").state_dict())
 
 
 def stage_teacher(cfg: BuildConfig) -> None:
@@ -292,18 +291,17 @@ def stage_teacher(cfg: BuildConfig) -> None:
     opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, weight_decay=1e-2)
     ck = Checkpoint(cfg.work / "teacher.ckpt")
     step = ck.load(unet=unet, te=te, opt=opt)
-    rewarm = 0
-    if cfg.teacher_init is not None:
-        rewarm = cfg.teacher_init_step
-        if step == 0:
-            _load_teacher_weights(cfg.teacher_init, unet, te)
-            step = cfg.teacher_init_step
-            log(f"teacher starts from {cfg.teacher_init} at step {step}")
+    if cfg.teacher_init is not None and step == 0:
+        _load_teacher_weights(cfg.teacher_init, unet, te)
+        step = cfg.teacher_init_step
+        log(f"teacher starts from {cfg.teacher_init} at step {step}")
     eval_prompts = world.prompts("heldout", 64, seed=1)
     t0 = time.time()
     while step < cfg.teacher_steps:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.teacher_steps, cfg.teacher_lr) * min(1.0, (step - rewarm + 1) / 200)
+            g["lr"] = lr_at(step, cfg.teacher_steps, cfg.teacher_lr)
+            if cfg.teacher_init is not None:  # the fresh optimiser warms up again (lr_at's warmup is at step 0)
+                g["lr"] *= min(1.0, (step - cfg.teacher_init_step + 1) / 200)
         idx = np.random.randint(0, len(latents), cfg.teacher_batch)
         x0 = latents[idx]
         ids = _batch_ids(data, idx, cfg.cond_dropout)
