@@ -24,7 +24,10 @@ from .pairs import PairPolicy, Uncertainty, candidate_pairs, choose_pair, pair_k
 
 CHOICES = ("a", "b", "tie", "skip")
 ROUND_STATUSES = ("pending", "running", "done", "failed", "cancelled")
-ROUND_FIELDS = ("status", "config", "reward_model_version", "lora_path", "metrics", "finished_at", "error")
+ROUND_FIELDS = ("status", "config", "reward_model_version", "lora_path", "metrics", "finished_at", "error",
+                "verdict", "verdict_reason")
+# a finished ("done") round is a candidate until people's A/B votes (or an admin) promote or reject it
+VERDICTS = ("candidate", "promoted", "rejected")
 MAX_NAME = 100  # longest rater name / generator name
 MAX_CLIENT_ID = 200  # longest client-supplied submission id
 MAX_PROMPT = 2000  # longest prompt in characters
@@ -87,7 +90,16 @@ def _m0001_initial(db: Database) -> None:
         created_at TEXT NOT NULL, finished_at TEXT, error TEXT)""")
 
 
-MIGRATIONS: dict[str, Callable[[Database], None]] = {"0001_initial": _m0001_initial}  # applied in order, once
+def _m0003_round_verdicts(db: Database) -> None:
+    db.execute("ALTER TABLE rounds ADD COLUMN verdict TEXT")
+    db.execute("ALTER TABLE rounds ADD COLUMN verdict_reason TEXT")
+    # rounds finished before verdicts existed were served as soon as they were done
+    db.execute("UPDATE rounds SET verdict = 'promoted', verdict_reason = 'served before verdicts existed'"
+               " WHERE status = 'done'")
+
+
+MIGRATIONS: dict[str, Callable[[Database], None]] = {  # applied in order, once
+    "0001_initial": _m0001_initial, "0003_round_verdicts": _m0003_round_verdicts}
 
 
 # ---------------------------------------------------------------- store
@@ -353,7 +365,8 @@ class FeedbackStore:
             return int(cur.lastrowid)
 
     def update_round(self, round_id: int, **fields) -> dict:
-        """Set some of: status, config, reward_model_version, lora_path, metrics, finished_at, error.
+        """Set some of: status, config, reward_model_version, lora_path, metrics, finished_at, error, verdict,
+        verdict_reason.
 
         Moving to done/failed/cancelled sets `finished_at` unless given.
         """
@@ -365,6 +378,8 @@ class FeedbackStore:
                 raise ValueError(f"status must be one of {', '.join(ROUND_STATUSES)}; got {fields['status']!r}")
             if fields["status"] in ("done", "failed", "cancelled"):
                 fields.setdefault("finished_at", now())
+        if fields.get("verdict") not in (None, *VERDICTS):
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}; got {fields['verdict']!r}")
         for k in ("config", "metrics"):
             if k in fields and fields[k] is not None:
                 fields[k] = json.dumps(fields[k])

@@ -1,13 +1,16 @@
-"""Fine-tune rounds in the background: refit the reward model, run RLCM against it, serve the new LoRA.
+"""Fine-tune rounds in the background: refit the reward model, run RLCM against it from the served version,
+and hand the result over as a *candidate* (or reject it at once when automatic checks fail).
 
-A round's state lives in the feedback store (status, reward-model version, LoRA path, metrics) and its
-files under `data_dir/rounds/<id>/` (trainer checkpoint, LoRA, compare images). A crash leaves the round
+A round's state lives in the feedback store (status, verdict, reward-model version, LoRA path, metrics) and
+its files under `data_dir/rounds/<id>/` (trainer checkpoint, LoRA, compare images). A crash leaves the round
 `running` in the store; the next start resumes it from its checkpoint. A failure marks it `failed` and
-changes nothing that is served.
+changes nothing that is served. Whether a candidate is served is decided by people's votes (studio.gate).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import traceback
@@ -16,14 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
 from .settings import StudioSettings
 
 
 class RoundRunner:
-    def __init__(self, settings: StudioSettings, store, on_done, compare):
+    def __init__(self, settings: StudioSettings, store, on_done, compare, start_adapter=lambda: ("base", None)):
         self.settings, self.store = settings, store
-        self.on_done = on_done  # callback(round_id, lora_dir) to serve the result
+        self.on_done = on_done  # callback(round_id, lora_dir, verdict, reason) once a round has finished
         self.compare = compare  # callback(version, sample_fn) to render the Compare tab's images
+        # () -> (served version, its adapter.safetensors or None for base): rounds build on what is served
+        self.start_adapter = start_adapter
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.cancel_event = threading.Event()
@@ -36,12 +42,17 @@ class RoundRunner:
     def running(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
-    def start(self, by: str, resume_id: int | None = None) -> int:
+    def start(self, by: str, resume_id: int | None = None, reward_model=None) -> int:
+        """Start a round in the background (or resume `resume_id`); `reward_model` skips the refit."""
         with self.lock:
             if self.running:
                 raise RuntimeError("a fine-tune round is already running")
             if resume_id is None:
-                rid = self.store.create_round({"by": by, "settings": _settings_dict(self.settings)})
+                version, init = self.start_adapter()
+                rid = self.store.create_round({"by": by, "settings": _settings_dict(self.settings),
+                                               "init_version": version, "init_lora": str(init) if init else None})
+                if reward_model is not None:
+                    self.store.update_round(rid, reward_model_version=reward_model.version)
             else:
                 rid = resume_id
             self.cancel_event.clear()
@@ -70,7 +81,7 @@ class RoundRunner:
 
     # ------------------------------------------------------------ the round
 
-    def fit_reward_model(self, rid: int | None = None):
+    def fit_reward_model(self):
         import reward_model
         from rlcm.clip import load_clip
 
@@ -79,6 +90,7 @@ class RoundRunner:
         out = self.settings.data_dir / "reward_models" / rm.version
         directory, zip_path = reward_model.export(rm, out, metrics)
         self.reward_model = rm
+        _write_json(self.settings.data_dir / "reward_model.json", {"version": rm.version})
         return rm, metrics, directory, zip_path
 
     def _run(self, rid: int) -> None:
@@ -92,24 +104,27 @@ class RoundRunner:
             self.store.update_round(rid, status="running")
             self._set(state="fitting reward model")
             rm_dir = row.get("reward_model_version") and s.data_dir / "reward_models" / row["reward_model_version"]
-            if rm_dir and Path(rm_dir).exists():  # resuming: keep the reward model the round started with
+            if rm_dir and Path(rm_dir).exists():  # resuming, or fitted by the caller: keep that reward model
                 import reward_model
 
-                rm = self.reward_model = reward_model.load(rm_dir)
+                rm = self.reward_model if (self.reward_model is not None and self.reward_model.version ==
+                                           row["reward_model_version"]) else reward_model.load(rm_dir)
+                self.reward_model = rm
                 metrics = rm.metrics or {}
             else:
-                rm, metrics, rm_dir, _ = self.fit_reward_model(rid)
-            rm_metrics = {k: metrics.get(k) for k in ("accuracy", "log_loss", "n_pairs", "n_raters", "n_test")}
+                rm, metrics, rm_dir, _ = self.fit_reward_model()
+            rm_metrics = {k: metrics.get(k) for k in RM_KEYS}
             self.store.update_round(rid, reward_model_version=rm.version, metrics={"reward_model": rm_metrics})
             self._set(state="training", reward_model=rm_metrics)
-            prev = self._previous_adapter(rid)
+            start = row.get("config") or {}  # the served version when the round was created
+            init = start.get("init_lora")
             cfg = RLCMConfig(
                 model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
                 num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
                 prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16,
                 train_batch_size=min(16, s.round_prompts * 4),
                 eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
-                init_lora=str(prev) if prev else None, device=s.device, checkpoint_every=2,
+                init_lora=init if init and Path(init).exists() else None, device=s.device, checkpoint_every=2,
                 mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no",
                 kl_coef=s.kl_coef, kl_units=s.kl_units)
             scorer = with_alignment_guard(
@@ -121,39 +136,41 @@ class RoundRunner:
                     self.compare("base", trainer.sample_images)
             trainer.train(stop=self.cancel_event)
             if self.cancel_event.is_set():
-                self.store.update_round(rid, status="cancelled", finished_at=_now())
+                self.store.update_round(rid, status="cancelled")
                 self._set(state="cancelled")
                 return
-            self.compare(f"round-{rid}", trainer.sample_images)
             ev = [r for r in trainer.history if "eval_reward_mean" in r]
             result = {"reward_model": rm_metrics, "epochs": trainer.epoch, "train_seconds": trainer.train_seconds,
                       "reward_before": ev[0]["eval_reward_mean"] if ev else None,
                       "reward_after": ev[-1]["eval_reward_mean"] if ev else None}
             if ev and "eval_fidelity" in ev[0]:
                 result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=ev[-1]["eval_fidelity"])
+            reason = checks.reject_reason(trainer.history, out / "lora", result)
+            if reason is None:  # rendered only for a LoRA that passed the weight checks
+                self.compare(f"round-{rid}", trainer.sample_images)
+                reason = checks.images_reason(s.data_dir / "compare", f"round-{rid}", start.get("init_version", "base"))
+            verdict = "rejected" if reason else "candidate"
             self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result,
-                                    finished_at=_now())
-            self.on_done(rid, out / "lora")
-            self._set(state="done", result=result)
+                                    verdict=verdict,
+                                    verdict_reason=f"automatic check: {reason}" if reason else None)
+            self.on_done(rid, out / "lora", verdict, reason)
+            self._set(state="done", result=result, verdict=verdict, verdict_reason=reason)
         except Exception as e:  # the round fails; the served model and the database stay as they were
-            self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}", finished_at=_now())
+            self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
             self._set(state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
 
     def _on_event(self, e: dict) -> None:
         if e["type"] == "epoch":
             with self.lock:
                 self.progress["epoch"] = e["epoch"]
+                self.progress["epoch_at"] = time.time()
                 self.progress["rows"] = self.progress.get("rows", []) + [
                     {k: e[k] for k in ("epoch", "reward_mean", "eval_reward_mean", "eval_fidelity") if k in e}]
+        elif e["type"] == "resumed":
+            self._set(epoch=e["epoch"], resumed_at_epoch=e["epoch"])
 
-    def _previous_adapter(self, rid: int) -> Path | None:
-        """The newest finished round's adapter: rounds build on each other."""
-        done = [r for r in self.store.rounds() if r["status"] == "done" and r["id"] < rid]
-        for r in sorted(done, key=lambda r: r["id"], reverse=True):
-            p = self.settings.data_dir / "rounds" / str(r["id"]) / "checkpoint" / "adapter.safetensors"
-            if p.exists():
-                return p
-        return None
+
+RM_KEYS = ("accuracy", "accuracy_ci", "n_test", "better_than_chance", "log_loss", "n_pairs", "n_raters")
 
 
 class _adapters_off:
@@ -170,12 +187,14 @@ class _adapters_off:
         return False
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def _settings_dict(s: StudioSettings) -> dict:
     d = asdict(s)
     d.pop("admin_password", None)
     d["data_dir"] = str(d["data_dir"])
     return d
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)

@@ -22,14 +22,22 @@ BASE = "base"
 
 
 class ServedGenerator:
-    """Lazily loaded pipeline + the active LoRA version ("base" or "round-N")."""
+    """Lazily loaded pipeline with the served version ("base" or "round-N") and at most one pending candidate.
+
+    Both LoRAs live in the one pipeline as peft adapters ("live" and "candidate"); `generate` picks the
+    adapter under the lock, so an A/B pair costs no second copy of the model.
+    """
+
+    ADAPTERS = {"served": "live", "candidate": "candidate"}
 
     def __init__(self, settings: StudioSettings):
         self.settings = settings
         self.lock = threading.RLock()
         self._pipe = None
-        self.version = BASE
-        self._lora_loaded = False
+        self.version = BASE  # served to everyone
+        self.candidate: str | None = None  # on trial in A/B pairs
+        self._loaded: set[str] = set()  # adapter names in the pipeline
+        self._using: str | None = None  # adapter the pipeline applies now (None: base weights)
 
     @property
     def pipe(self):
@@ -38,29 +46,59 @@ class ServedGenerator:
                 self._pipe = load_pipeline(self.settings.model, self.settings.lcm_lora, self.settings.device)
             return self._pipe
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> tuple[list, str]:
-        """Images for prompts with per-image seeds, and the version that made them."""
+    def _use(self, adapter: str | None) -> None:
+        if adapter == self._using:
+            return
+        if adapter is None:
+            self.pipe.disable_lora()
+        else:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(adapter)
+        self._using = adapter
+
+    def generate(self, prompts: list[str], seeds: list[int], version: str | None = None) -> tuple[list, str]:
+        """Images for prompts with per-image seeds from `version` (default: the served one), and that version."""
         with self.lock:
+            version = version or self.version
+            if version == BASE:
+                adapter = None
+            elif version == self.version:
+                adapter = self.ADAPTERS["served"]
+            elif version == self.candidate:
+                adapter = self.ADAPTERS["candidate"]
+            else:
+                raise ValueError(f"version {version!r} is neither served ({self.version}) nor the candidate")
             pipe = self.pipe
+            self._use(adapter)
             gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
             images = pipe(prompts, num_inference_steps=self.settings.steps, guidance_scale=self.settings.guidance,
                           generator=gens).images
-            return images, self.version
+            return images, version
+
+    def _load(self, adapter: str, lora_dir: str | Path) -> None:
+        pipe = self.pipe
+        if adapter in self._loaded:
+            pipe.load_lora_weights(str(lora_dir), adapter_name=adapter, hotswap=True)
+        else:
+            pipe.load_lora_weights(str(lora_dir), adapter_name=adapter, low_cpu_mem_usage=False)
+            self._loaded.add(adapter)
+        self._using = "?"  # loading changes which adapters are active: select again before generating
 
     def activate(self, version: str, lora_dir: str | Path | None) -> None:
         """Serve `lora_dir` (or the base model when None) from the next generation on."""
         with self.lock, LOAD_LOCK:
-            pipe = self.pipe
-            if lora_dir is None:
-                if self._lora_loaded:
-                    pipe.disable_lora()
-            elif not self._lora_loaded:
-                pipe.load_lora_weights(str(lora_dir), adapter_name="live", low_cpu_mem_usage=False)
-                self._lora_loaded = True
-            else:
-                pipe.load_lora_weights(str(lora_dir), adapter_name="live", hotswap=True)
-                pipe.enable_lora()
+            if lora_dir is not None:
+                self._load(self.ADAPTERS["served"], lora_dir)
             self.version = version
+            if self.candidate == version:
+                self.candidate = None
+
+    def set_candidate(self, version: str | None, lora_dir: str | Path | None = None) -> None:
+        """Put `version` on trial (its LoRA in the second adapter), or end the trial with None."""
+        with self.lock, LOAD_LOCK:
+            if version is not None:
+                self._load(self.ADAPTERS["candidate"], lora_dir)
+            self.candidate = version
 
 
 def most_uncertain_pair(rm, images: list, prompt: str) -> tuple[int, int]:
@@ -78,7 +116,8 @@ class PairQueue:
     """A background thread keeps `size` fresh pairs ready, so the next pair appears at once after a vote."""
 
     def __init__(self, store, generator: ServedGenerator, prompts: list[str], size: int,
-                 earlier_fraction: float = 0.25, seed: int = 0, reward_model=None, candidates: int = 4):
+                 earlier_fraction: float = 0.25, seed: int = 0, reward_model=None, candidates: int = 4,
+                 ab_fraction: float = 0.5):
         self.store, self.gen, self.prompts = store, generator, prompts
         # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
         # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing)
@@ -86,6 +125,7 @@ class PairQueue:
         self.candidates = max(2, candidates)
         self.q: queue.Queue = queue.Queue(maxsize=size)
         self.earlier_fraction = earlier_fraction
+        self.ab_fraction = ab_fraction  # share of pairs that pit a pending candidate against the served version
         self.rng = random.Random(seed)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -113,7 +153,12 @@ class PairQueue:
         self._wake.set()
 
     def make_pair(self) -> dict:
-        """Generate one pair now: two seeds of one prompt, sometimes against an earlier generator's sample."""
+        """Generate one pair now: two seeds of one prompt, sometimes against an earlier generator's sample,
+        or, while a candidate is on trial, sometimes an A/B pair (see `make_ab_pair`)."""
+        if self.gen.candidate is not None and self.rng.random() < self.ab_fraction:
+            pair = self.make_ab_pair()
+            if pair is not None:
+                return pair
         prompt = self.rng.choice(self.prompts)
         rm = self.reward_model()
         n = self.candidates if rm is not None else 2
@@ -132,6 +177,25 @@ class PairQueue:
         if self.rng.random() < 0.5:
             ids.reverse()  # left/right carries no information
         return {"prompt": prompt, "a": ids[0], "b": ids[1], "version": version}
+
+    def make_ab_pair(self) -> dict | None:
+        """The candidate against the served version for one prompt and one seed, sides at random; None when
+        the trial ended meanwhile or both made the same image (nothing to judge)."""
+        cand, prompt, seed = self.gen.candidate, self.rng.choice(self.prompts), self.rng.randrange(2**31)
+        if cand is None:
+            return None
+        try:
+            (im_c,), v_c = self.gen.generate([prompt], [seed], version=cand)
+            (im_s,), v_s = self.gen.generate([prompt], [seed])
+        except ValueError:  # the candidate was promoted or rejected between the two calls
+            return None
+        steps, guidance = self.gen.settings.steps, self.gen.settings.guidance
+        ids = [self.store.add_sample(im, prompt, seed, steps, guidance, generator=v) for im, v in ((im_c, v_c), (im_s, v_s))]
+        if ids[0] == ids[1] or v_c == v_s:
+            return None
+        if self.rng.random() < 0.5:
+            ids.reverse()
+        return {"prompt": prompt, "a": ids[0], "b": ids[1], "version": v_s, "ab": cand}
 
     def get(self, timeout: float = 0.0) -> dict:
         try:

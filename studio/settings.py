@@ -38,11 +38,16 @@ class StudioSettings:
     kl_coef: float = 0.0  # RLCM_KL: per-step KL anchor to the base model in rounds (RLCMConfig.kl_coef)
     kl_units: str = "action"  # RLCM_KL_UNITS: action | x0 (RLCMConfig.kl_units)
     round_prompts: int = 8  # prompts per RLCM epoch (x4 images each)
-    auto_round_every: int = 0  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
+    auto_round_every: int = 30  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
     pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists; its least certain pair is shown
     compare_prompts: int = 8  # fixed prompts of the Compare tab
+    # A finished round is a candidate until people's A/B votes promote or reject it (studio.gate.GateRule)
+    ab_fraction: float = 0.5  # RLCM_AB_FRACTION: share of pairs showing a pending candidate against the served version
+    gate_confidence: float = 0.95  # RLCM_GATE_CONFIDENCE: posterior probability needed to promote or reject
+    gate_min_votes: int = 6  # A/B votes before any decision
+    gate_max_votes: int = 40  # undecided after this many A/B votes: rejected as inconclusive
     device: str | None = None  # RLCM_DEVICE: None picks cuda when present
     extra: dict = field(default_factory=dict)
 
@@ -62,6 +67,8 @@ class StudioSettings:
             kl_coef=_env("RLCM_KL", cls.kl_coef, float), kl_units=_env("RLCM_KL_UNITS", cls.kl_units),
             round_epochs=_env("RLCM_ROUND_EPOCHS", cls.round_epochs, int),
             auto_round_every=_env("RLCM_AUTO_ROUND", cls.auto_round_every, int),
+            ab_fraction=_env("RLCM_AB_FRACTION", cls.ab_fraction, float),
+            gate_confidence=_env("RLCM_GATE_CONFIDENCE", cls.gate_confidence, float),
             device=_env("RLCM_DEVICE", None),
         )
         for k, v in overrides.items():
@@ -83,8 +90,16 @@ class StudioSettings:
 
         if self.kl_units not in KL_UNITS:  # checked here too, so a bad RLCM_KL_UNITS fails at start-up
             raise ValueError(f"kl_units {self.kl_units!r}; valid: {', '.join(KL_UNITS)}")
+        if not 0 <= self.ab_fraction <= 1:
+            raise ValueError("ab_fraction must be between 0 and 1")
+        self.gate_rule()  # raises ValueError for an impossible rule
         if self.round_epochs < 1 or self.auto_round_every < 0 or self.queue_size < 1:
             raise ValueError("round_epochs and queue_size must be >= 1, auto_round_every >= 0")
+
+    def gate_rule(self):
+        from .gate import GateRule
+
+        return GateRule(confidence=self.gate_confidence, min_votes=self.gate_min_votes, max_votes=self.gate_max_votes)
 
     @property
     def on_space(self) -> bool:

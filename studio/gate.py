@@ -1,0 +1,142 @@
+"""When a version earns its place: a sequential rule on people's A/B votes, and a versions leaderboard.
+
+Votes between two versions count a win as 1, a tie as 1/2 and a loss as 0 (skips don't count). The win
+rate p of a candidate over the served version gets a Beta(1 + wins, 1 + losses) posterior (ties add 1/2 to
+each side). Posterior probabilities don't depend on when one looks, so the rule is checked after every vote:
+
+1. promote when P(p > 1/2) >= `confidence`,
+2. reject when P(p > 1/2 + `margin`) < 1 - `confidence`: people are confident it is not clearly better,
+3. reject as inconclusive after `max_votes`.
+
+The leaderboard fits Bradley–Terry strengths to every cross-version vote (base anchored at 0, a weak
+N(0, 2^2) prior so that versions with few votes stay near even) with Laplace intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class GateRule:
+    confidence: float = 0.95  # posterior probability needed to decide either way
+    margin: float = 0.15  # "better" means a win rate above 1/2 + margin is still plausible
+    min_votes: int = 6  # no decision on fewer A/B votes
+    max_votes: int = 40  # undecided after this many: rejected as inconclusive
+
+    def __post_init__(self):
+        if not (0.5 < self.confidence < 1 and 0 < self.margin < 0.5 and 1 <= self.min_votes <= self.max_votes):
+            raise ValueError("gate rule: need 0.5 < confidence < 1, 0 < margin < 0.5, 1 <= min_votes <= max_votes")
+
+
+@dataclass(frozen=True)
+class Record:
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def win_rate(self) -> float | None:
+        return (self.wins + self.ties / 2) / self.n if self.n else None
+
+    def posterior(self):
+        return stats.beta(1 + self.wins + self.ties / 2, 1 + self.losses + self.ties / 2)
+
+    def p_above(self, threshold: float) -> float:
+        """Posterior probability that the true win rate exceeds `threshold`."""
+        return float(self.posterior().sf(threshold))
+
+    def interval(self, level: float = 0.9) -> tuple[float, float]:
+        lo, hi = self.posterior().interval(level)
+        return float(lo), float(hi)
+
+
+def record(votes: list[dict], version: str, opponent: str) -> Record:
+    """`version`'s wins/losses/ties against `opponent` among votes {generator_a, generator_b, choice}."""
+    w = l = t = 0
+    for v in votes:
+        pair = (v["generator_a"], v["generator_b"])
+        if pair not in ((version, opponent), (opponent, version)) or v["choice"] not in ("a", "b", "tie"):
+            continue
+        if v["choice"] == "tie":
+            t += 1
+        elif (v["choice"] == "a") == (pair[0] == version):
+            w += 1
+        else:
+            l += 1
+    return Record(w, l, t)
+
+
+def decide(rec: Record, rule: GateRule) -> tuple[str, str]:
+    """("promote" | "reject" | "wait", why) for a candidate's record against the served version."""
+    if rec.n < rule.min_votes:
+        return "wait", f"{rec.n} of at least {rule.min_votes} A/B votes"
+    p_better = rec.p_above(0.5)
+    lo, hi = rec.interval()
+    said = f"win rate {rec.win_rate:.0%} (90% interval {lo:.0%}–{hi:.0%}, n={rec.n})"
+    if p_better >= rule.confidence:
+        return "promote", f"people prefer it: {said}, P(better) = {p_better:.3f}"
+    if rec.p_above(0.5 + rule.margin) < 1 - rule.confidence:
+        return "reject", f"people don't prefer it: {said}, P(win rate > {0.5 + rule.margin:.0%}) < {1 - rule.confidence:.2f}"
+    if rec.n >= rule.max_votes:
+        return "reject", f"inconclusive after {rec.n} A/B votes: {said}"
+    return "wait", f"{said}, P(better) = {p_better:.3f}"
+
+
+def bradley_terry(votes: list[dict], versions: list[str], anchor: str, prior_sd: float = 2.0,
+                  level: float = 0.9) -> dict[str, dict]:
+    """Per version: strength s (log-odds against `anchor`, which is 0), its interval, and the votes it took part in.
+
+    Maximum a posteriori with a N(0, prior_sd^2) prior, by Newton's method; intervals from the Hessian.
+    """
+    idx = {v: i for i, v in enumerate(versions)}
+    rows = [(idx[v["generator_a"]], idx[v["generator_b"]], {"a": 1.0, "b": 0.0, "tie": 0.5}[v["choice"]])
+            for v in votes if v["choice"] in ("a", "b", "tie") and v["generator_a"] in idx and v["generator_b"] in idx
+            and v["generator_a"] != v["generator_b"]]
+    free = [i for i in range(len(versions)) if versions[i] != anchor]
+    s = np.zeros(len(versions))
+    n_votes = np.zeros(len(versions), dtype=int)
+    for i, j, _ in rows:
+        n_votes[i] += 1
+        n_votes[j] += 1
+    h = np.eye(len(free)) / prior_sd**2
+    for _ in range(50):
+        g = -s[free] / prior_sd**2
+        h = np.eye(len(free)) / prior_sd**2
+        pos = {k: n for n, k in enumerate(free)}
+        for i, j, y in rows:
+            p = 1 / (1 + np.exp(s[j] - s[i]))
+            for k, sign in ((i, 1), (j, -1)):
+                if k in pos:
+                    g[pos[k]] += sign * (y - p)
+            w = p * (1 - p)
+            for k in (i, j):
+                for m in (i, j):
+                    if k in pos and m in pos:
+                        h[pos[k], pos[m]] += w if k == m else -w
+        if not free:
+            break
+        step = np.linalg.solve(h, g)
+        s[free] += step
+        if np.abs(step).max() < 1e-8:
+            break
+    cov = np.linalg.inv(h) if free else np.zeros((0, 0))
+    z = stats.norm.ppf(0.5 + level / 2)
+    out = {}
+    for v, i in idx.items():
+        sd = float(np.sqrt(cov[free.index(i), free.index(i)])) if i in free else 0.0
+        out[v] = {"strength": float(s[i]), "low": float(s[i] - z * sd), "high": float(s[i] + z * sd),
+                  "votes": int(n_votes[i])}
+    return out
+
+
+def win_prob(strength: float) -> float:
+    """P(this version beats the anchor) from a Bradley–Terry strength."""
+    return float(1 / (1 + np.exp(-strength)))
