@@ -18,8 +18,10 @@ class Clip:
     model: torch.nn.Module
     preprocess: object
     tokenizer: object
-    name: str
+    name: str  # architecture (or hub repo) name; also names its embedding cache, so no separators
     device: str = "cpu"
+    source: str = ""  # portable id load_clip takes back: "toy-clip", "hf-hub:org/repo", an open_clip name, or a path
+    pretrained: str | None = None  # open_clip pretrained tag (or weights file) that goes with an open_clip name
     _tower: threading.local = field(default_factory=threading.local, repr=False)  # per-thread hook output
     _hooked: bool = field(default=False, repr=False)
 
@@ -78,22 +80,40 @@ def _blank():
 
 
 _CACHE: dict[str, Clip] = {}
+HF_HUB_PREFIX = "hf-hub:"  # open_clip's scheme for a Hub repo holding open_clip_config.json and weights
 
 
 def load_clip(name_or_path: str | Path, device: str = "cpu", pretrained: str | None = None) -> Clip:
-    """Load a CLIP once per process.
+    """Load a CLIP once per process; `clip.source` / `clip.pretrained` say how to load it again anywhere.
 
-    A directory holding `<arch>.json` and `open_clip_model.safetensors` (the toy CLIP) loads offline;
-    otherwise `name_or_path` is an open_clip architecture (e.g. "ViT-L-14") with `pretrained` weights
-    (a tag such as "openai" or a local file).
+    - a shipped toy model by name ("toy-clip", see `rlcm.paths`) or a directory holding `<arch>.json` and
+      `open_clip_model.safetensors` (the toy CLIP's layout) loads offline;
+    - "hf-hub:org/repo" loads an open_clip repo (as HPSv2 and PickScore publish theirs) from the Hub, or from
+      the local Hugging Face cache when offline; `pretrained` is ignored;
+    - otherwise an open_clip architecture (e.g. "ViT-L-14") with `pretrained` weights (a tag such as
+      "openai", or a local file).
     """
     import open_clip
 
-    key = f"{name_or_path}|{device}|{pretrained}"
+    from .paths import TOY_MODELS, toy_model, toy_model_name
+
+    spec = str(name_or_path)
+    if spec in TOY_MODELS:
+        spec = str(toy_model(spec))
+    path = Path(spec)
+    if spec.startswith(HF_HUB_PREFIX):
+        source, pretrained, key_src = spec, None, spec
+    elif path.is_dir():
+        key_src = str(path.resolve())
+        source = toy_model_name(path) or key_src  # a shipped model is recorded by name, anything else by path
+    else:
+        source = key_src = spec
+    key = f"{key_src}|{device}|{pretrained}"
     if key in _CACHE:
         return _CACHE[key]
-    path = Path(name_or_path)
-    if path.is_dir():
+    if spec.startswith(HF_HUB_PREFIX):
+        model, preprocess, tokenizer, name = _load_hub(open_clip, spec, device)
+    elif path.is_dir():
         configs = sorted(path.glob("*.json"))
         weights = path / "open_clip_model.safetensors"
         if not configs or not weights.exists():
@@ -101,14 +121,30 @@ def load_clip(name_or_path: str | Path, device: str = "cpu", pretrained: str | N
         cfg = configs[0]
         json.loads(cfg.read_text())  # fail clearly on a broken config
         open_clip.add_model_config(cfg)
-        arch = cfg.stem
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
+        name = cfg.stem
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(weights), device=device)
+        tokenizer = open_clip.get_tokenizer(name)
     else:
-        arch = str(name_or_path)
-        if arch not in open_clip.list_models():
-            raise ValueError(f"unknown CLIP {arch!r}: not a directory nor an open_clip architecture")
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+        name = spec
+        if name not in open_clip.list_models():
+            raise ValueError(f"unknown CLIP {name!r}: not a shipped toy model ({', '.join(TOY_MODELS)}), a directory, "
+                             f"an {HF_HUB_PREFIX}org/repo id nor an open_clip architecture")
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
     model.eval().requires_grad_(False)
-    clip = Clip(model, preprocess, open_clip.get_tokenizer(arch), arch, device)
+    clip = Clip(model, preprocess, tokenizer, name, device, source=source, pretrained=pretrained)
     _CACHE[key] = clip
     return clip
+
+
+def _load_hub(open_clip, spec: str, device: str):
+    """(model, preprocess, tokenizer, name) of an "hf-hub:org/repo" CLIP, refusing one without weights."""
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    repo = spec[len(HF_HUB_PREFIX):]
+    try:  # open_clip only warns and keeps random weights when the weights file is missing: check first
+        download_pretrained_from_hf(repo)
+        model, _, preprocess = open_clip.create_model_and_transforms(spec, device=device)
+    except (FileNotFoundError, RuntimeError, OSError) as e:
+        raise ValueError(f"cannot load {spec}: {e} (offline, it must be in the local Hugging Face cache)") from None
+    return model, preprocess, open_clip.get_tokenizer(spec), repo.replace("/", "--")
