@@ -7,18 +7,23 @@ acknowledged rating survives a killed process; each thread gets its own connecti
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import random
 import sqlite3
 import threading
+import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 from PIL import Image
 from sqlite_utils import Database
 
+from . import identity
 from . import images as imgs
 from .pairs import PairPolicy, Uncertainty, candidate_pairs, choose_pair, pair_key
 
@@ -31,6 +36,7 @@ VERDICTS = ("candidate", "promoted", "rejected")
 MAX_NAME = 100  # longest rater name / generator name
 MAX_CLIENT_ID = 200  # longest client-supplied submission id
 MAX_PROMPT = 2000  # longest prompt in characters
+MAX_SEED = 2**63  # seeds are stored as SQLite INTEGER (signed 64-bit): 0 <= seed < 2**63
 
 
 def now() -> str:
@@ -56,6 +62,13 @@ def check_prompt(value, what: str = "prompt") -> str:
     if len(value) > MAX_PROMPT or not all(c.isprintable() or c in "\n\t\r" for c in value):
         raise ValueError(f"{what} must be printable text of at most {MAX_PROMPT} characters, got {value[:120]!r}")
     return value
+
+
+def check_seed(seed) -> int:
+    """A generation seed the store can keep (an int in [0, 2**63)); ValueError otherwise. Check before generating."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {str(seed)[:40]}")
+    return seed
 
 
 # ---------------------------------------------------------------- schema
@@ -98,8 +111,21 @@ def _m0003_round_verdicts(db: Database) -> None:
                " WHERE status = 'done'")
 
 
+def _m0004_rater_tokens(db: Database) -> None:
+    # a typed name is claimed by its first vote; only the sha256 of its secret token is kept
+    db.execute("""CREATE TABLE rater_tokens (
+        name TEXT PRIMARY KEY,                    -- normalised name (feedback.identity.normalise_name)
+        skeleton TEXT NOT NULL UNIQUE,            -- look-alike key: one claim per skeleton
+        token_hash TEXT NOT NULL, created_at TEXT NOT NULL)""")
+    # retention asks "is this sample in any comparison", oldest first
+    db.execute("CREATE INDEX comparisons_sample_a ON comparisons(sample_a)")
+    db.execute("CREATE INDEX comparisons_sample_b ON comparisons(sample_b)")
+    db.execute("CREATE INDEX samples_created ON samples(created_at)")
+
+
 MIGRATIONS: dict[str, Callable[[Database], None]] = {  # applied in order, once
-    "0001_initial": _m0001_initial, "0003_round_verdicts": _m0003_round_verdicts}
+    "0001_initial": _m0001_initial, "0003_round_verdicts": _m0003_round_verdicts,
+    "0004_rater_tokens": _m0004_rater_tokens}
 
 
 # ---------------------------------------------------------------- store
@@ -197,11 +223,11 @@ class FeedbackStore:
         """
         prompt = check_prompt(prompt)
         generator = check_name(generator, "generator")
-        for value, what in ((seed, "seed"), (steps, "steps")):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{what} must be an int, got {value!r}")
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
-            raise ValueError(f"guidance must be a number, got {guidance!r}")
+        check_seed(seed)  # before the image file is written: a refused sample leaves nothing behind
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+            raise ValueError(f"steps must be an int in [1, 1000], got {steps!r}")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
         data = imgs.png_bytes(image)
         sid = imgs.sha256(data)
         with self._write() as db:  # the file first, so a row always has its image
@@ -294,6 +320,109 @@ class FeedbackStore:
             row["undone_at"] = now()
             db.execute("UPDATE comparisons SET undone_at = ? WHERE id = ?", [row["undone_at"], row["id"]])
             return row
+
+    # -- votes from the public (rater tokens, see identity.py)
+
+    def _authorise(self, db: Database, rater: identity.Rater, claim: bool) -> str | None:
+        """Check `rater` may act under its name inside the caller's transaction; returns the token to hand back.
+
+        A signed-in name needs nothing more. A claimed typed name needs its token. An unclaimed one is claimed
+        here (when `claim`) unless it looks like a claimed name or already has votes without a token (older
+        data or an import): those are nobody's to take.
+        """
+        if rater.signed_in:
+            if not rater.name.startswith(identity.SIGNED_IN_PREFIX):
+                raise ValueError("a signed-in rater's name must come from identity.signed_in")
+            return None
+        name = identity.normalise_name(rater.name)
+        if name != rater.name:
+            raise ValueError("rater names must come from identity.typed (normalised)")
+        row = db.execute("SELECT token_hash FROM rater_tokens WHERE name = ?", [name]).fetchone()
+        if row is not None:
+            if not identity.token_matches(rater.token, row[0]):
+                raise PermissionError(f"the name {name!r} is taken: vote from the browser that first used it "
+                                      "(it keeps the rater_token), or choose another name")
+            return rater.token
+        if not claim:
+            return None
+        sk = identity.skeleton(name)
+        clash = db.execute("SELECT name FROM rater_tokens WHERE skeleton = ?", [sk]).fetchone()
+        if clash is None:  # names from before tokens (or imported) count as claimed by nobody-can-prove
+            clash = next(((r,) for (r,) in db.execute("SELECT id FROM raters")
+                          if not r.startswith(identity.SIGNED_IN_PREFIX) and identity.skeleton(r) == sk), None)
+        if clash is not None:
+            same = clash[0] == name
+            raise PermissionError(f"the name {name!r} " + ("already has votes without a rater_token"
+                                  if same else f"looks too much like {clash[0]!r}, a name already in use")
+                                  + "; choose another name")
+        # a well-formed token the browser already holds (say, from before a restore) is kept, else a new one
+        token = rater.token if identity.well_formed_token(rater.token) else identity.new_token()
+        db.execute("INSERT INTO rater_tokens (name, skeleton, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                   [name, sk, identity.token_hash(token), now()])
+        return token
+
+    def vote(self, rater: identity.Rater, sample_a: str, sample_b: str, choice: str, client_id: str) -> dict:
+        """Record a judgement from the public; returns the row with `created` and `rater_token`.
+
+        The first vote under a typed name claims it and returns a new secret `rater_token`; every later vote
+        or undo under that name must present it (PermissionError otherwise). A retried `client_id` and a
+        repeat of a pair this rater already judged (either order, not undone) write nothing and return the
+        stored row with `created=False` (the first answer stands; undo it to answer again). Nothing is
+        written when it raises, not even the claim.
+        """
+        if not isinstance(rater, identity.Rater):
+            raise ValueError("rater must be a feedback.identity.Rater (identity.typed or identity.signed_in)")
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
+        client_id = check_name(client_id, "client_id", MAX_CLIENT_ID)
+        if not isinstance(sample_a, str) or not isinstance(sample_b, str):
+            raise ValueError("sample ids must be text")
+        with self._write() as db:
+            token = self._authorise(db, rater, claim=True)
+            retry = self._comparison(db, "c.client_id = ?", [client_id])
+            if retry is not None:  # a resubmit: the stored row; someone else's id: refused without saying whose
+                if retry["rater"] != rater.name or pair_key(retry["sample_a"], retry["sample_b"]) != pair_key(
+                        sample_a, sample_b):
+                    raise ValueError("this client_id was already used for another comparison; send a fresh one")
+                return {**retry, "created": False, "rater_token": token}
+            repeat = self._comparison(
+                db, "c.rater = ? AND c.undone_at IS NULL AND ((c.sample_a = ? AND c.sample_b = ?)"
+                " OR (c.sample_a = ? AND c.sample_b = ?)) ORDER BY c.id LIMIT 1",
+                [rater.name, sample_a, sample_b, sample_b, sample_a])
+            if repeat is not None:
+                return {**repeat, "created": False, "rater_token": token}
+            row = self._insert_comparison(db, sample_a, sample_b, choice, rater.name, client_id)
+            return {**row, "rater_token": token}
+
+    def undo_vote(self, rater: identity.Rater, comparison_id: int | None = None) -> dict | None:
+        """Retract the caller's latest live judgement (or `comparison_id`, which must be theirs); None if none.
+
+        Needs the name's token like `vote`; never touches anyone else's votes.
+        """
+        if not isinstance(rater, identity.Rater):
+            raise ValueError("rater must be a feedback.identity.Rater (identity.typed or identity.signed_in)")
+        if comparison_id is not None and (isinstance(comparison_id, bool) or not isinstance(comparison_id, int)):
+            raise ValueError(f"comparison_id must be an int, got {comparison_id!r}")
+        with self._write() as db:
+            self._authorise(db, rater, claim=False)
+            claimed = rater.signed_in or db.execute("SELECT 1 FROM rater_tokens WHERE name = ?",
+                                                    [rater.name]).fetchone() is not None
+            where, params = "c.rater = ? AND c.undone_at IS NULL", [rater.name]
+            if comparison_id is not None:
+                where, params = where + " AND c.id = ?", params + [comparison_id]
+            row = self._comparison(db, where + " ORDER BY c.id DESC LIMIT 1", params)
+            if row is None:
+                return None
+            if not claimed:  # votes without a token (older data, imports) can't be proven anyone's
+                raise PermissionError(f"the votes under {rater.name!r} have no rater_token; they cannot be undone")
+            row["undone_at"] = now()
+            db.execute("UPDATE comparisons SET undone_at = ? WHERE id = ?", [row["undone_at"], row["id"]])
+            return row
+
+    def rater_claimed(self, name: str) -> bool:
+        """Whether a typed name has been claimed (its votes need its token)."""
+        return self._db().execute("SELECT 1 FROM rater_tokens WHERE name = ?",
+                                  [identity.normalise_name(name)]).fetchone() is not None
 
     def comparisons(self, include_skips: bool = False) -> list[dict]:
         """Live (not undone) comparisons in the order they were made, with prompt text and generators."""
@@ -398,6 +527,93 @@ class FeedbackStore:
 
     def rounds(self) -> list[dict]:
         return [self._round_row(r) for r in self._db().query("SELECT * FROM rounds ORDER BY id")]
+
+    # -- retention and versioned exports
+
+    def prune_unrated(self, limit: int, keep=(), min_age_s: float = 0.0) -> dict:
+        """Delete the oldest samples nobody rated beyond `limit` of them (rows, then image files).
+
+        Never deletes a sample in any comparison (undone ones included), one in `keep` (the pair queue and
+        pairs on screen), or one younger than `min_age_s`. Prompts left without samples go too.
+        Returns {"deleted": n, "unrated": unrated samples left}.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        keep = set(keep)
+        cutoff = (datetime.now(timezone.utc) - timedelta(seconds=float(min_age_s))).isoformat(timespec="microseconds")
+        unrated_sql = ("FROM samples s WHERE NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.sample_a = s.id)"
+                       " AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.sample_b = s.id)")
+        with self._write() as db:
+            total = db.execute(f"SELECT count(*) {unrated_sql}").fetchone()[0]
+            gone: list[str] = []
+            if total > limit:
+                for (sid, created) in db.execute(f"SELECT s.id, s.created_at {unrated_sql} ORDER BY s.created_at, s.id"):
+                    if len(gone) >= total - limit or created > cutoff:
+                        break
+                    if sid not in keep:
+                        gone.append(sid)
+                for i in range(0, len(gone), 500):
+                    chunk = gone[i:i + 500]
+                    db.execute(f"DELETE FROM samples WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                db.execute("DELETE FROM prompts WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.prompt_id = prompts.id)"
+                           " AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.prompt_id = prompts.id)")
+        for sid in gone:  # after the commit: a crash here leaves files without rows, never rows without files
+            self.image_path(sid).unlink(missing_ok=True)
+        return {"deleted": len(gone), "unrated": total - len(gone)}
+
+    def delete_orphan_images(self, min_age_s: float = 3600.0) -> int:
+        """Delete image files with no sample row, older than `min_age_s` (a write may be between file and row)."""
+        cutoff = datetime.now(timezone.utc).timestamp() - min_age_s
+        n = 0
+        with self._write() as db:
+            for f in self.images_dir.glob("*/*.png"):
+                if f.stat().st_mtime < cutoff and db.execute("SELECT 1 FROM samples WHERE id = ?",
+                                                            [f.stem]).fetchone() is None:
+                    f.unlink(missing_ok=True)
+                    n += 1
+        return n
+
+    def data_version(self, include_skips: bool = False) -> str:
+        """A hash of everything a preference export holds (live comparisons, their choices and ids): equal
+        versions give equal exports, any vote, undo or import gives a new one."""
+        h = hashlib.sha256(b"skips" if include_skips else b"labels")
+        for row in self._db().execute("SELECT id, client_id, sample_a, sample_b, choice, rater FROM comparisons"
+                                      " WHERE undone_at IS NULL ORDER BY id"):
+            h.update(json.dumps(row).encode())
+        return h.hexdigest()[:16]
+
+    def export_versioned(self, export_dir: str | Path, include_skips: bool = False, keep_last: int = 2) -> Path:
+        """The Parquet export of the current data, written once per data version (`preferences-<version>.parquet`).
+
+        An existing file for this version is returned as is. A new one is written under a unique temporary
+        name and renamed, so concurrent exports never collide; older versions beyond `keep_last` are removed.
+        """
+        export_dir = Path(export_dir)
+        conn = self._db().conn
+        own = not conn.in_transaction
+        if own:  # one read snapshot (WAL) for the version and the rows it names: a vote meanwhile waits for the next
+            conn.execute("BEGIN")
+        try:
+            name = f"preferences-{self.data_version(include_skips)}{'-skips' if include_skips else ''}.parquet"
+            path = export_dir / name
+            if path.exists():
+                return path
+            export_dir.mkdir(parents=True, exist_ok=True)
+            part = export_dir / f".{name}.{uuid.uuid4().hex}.part"
+            try:
+                self.export_parquet(part, include_skips=include_skips)
+                os.replace(part, path)
+            finally:
+                for leftover in (part, part.with_name(part.name + ".tmp")):
+                    leftover.unlink(missing_ok=True)
+        finally:
+            if own and conn.in_transaction:
+                conn.execute("COMMIT")
+        olds = sorted((p for p in export_dir.glob("preferences-*.parquet") if p != path),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in olds[max(keep_last - 1, 0):]:
+            old.unlink(missing_ok=True)
+        return path
 
     # -- exchange and durability (see parquet.py and backup.py)
 
