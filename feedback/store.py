@@ -588,6 +588,8 @@ class FeedbackStore:
         An existing file for this version is returned as is. A new one is written under a unique temporary
         name and renamed, so concurrent exports never collide; older versions beyond `keep_last` are removed.
         """
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
         export_dir = Path(export_dir)
         conn = self._db().conn
         own = not conn.in_transaction
@@ -596,22 +598,26 @@ class FeedbackStore:
         try:
             name = f"preferences-{self.data_version(include_skips)}{'-skips' if include_skips else ''}.parquet"
             path = export_dir / name
-            if path.exists():
-                return path
-            export_dir.mkdir(parents=True, exist_ok=True)
-            part = export_dir / f".{name}.{uuid.uuid4().hex}.part"
-            try:
-                self.export_parquet(part, include_skips=include_skips)
-                os.replace(part, path)
-            finally:
-                for leftover in (part, part.with_name(part.name + ".tmp")):
-                    leftover.unlink(missing_ok=True)
+            if not path.exists():
+                export_dir.mkdir(parents=True, exist_ok=True)
+                part = export_dir / f".{name}.{uuid.uuid4().hex}.part"
+                try:
+                    self.export_parquet(part, include_skips=include_skips)
+                    os.replace(part, path)
+                finally:
+                    for leftover in (part, part.with_name(part.name + ".tmp")):
+                        leftover.unlink(missing_ok=True)
         finally:
             if own and conn.in_transaction:
                 conn.execute("COMMIT")
-        olds = sorted((p for p in export_dir.glob("preferences-*.parquet") if p != path),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in olds[max(keep_last - 1, 0):]:
+        olds = []
+        for p in export_dir.glob("preferences-*.parquet"):
+            try:
+                if p != path:
+                    olds.append((p.stat().st_mtime, p))
+            except FileNotFoundError:  # removed by a concurrent export
+                pass
+        for _, old in sorted(olds, reverse=True)[max(keep_last - 1, 0):]:
             old.unlink(missing_ok=True)
         return path
 
