@@ -1,18 +1,81 @@
-"""Studio settings: typed, with defaults for a laptop and overrides from environment variables (Spaces)."""
+"""Studio settings: typed, with defaults for a laptop, overrides from environment variables (Spaces), every
+number checked finite and in range, and the values an admin edits saved to `data_dir/settings.json`."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+SETTINGS_FILE = "settings.json"  # under data_dir: the admin's edits, which outlive a restart
+# what an admin may change while the studio runs (the Settings tab and its API); these persist
+EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef", "ab_fraction")
+# every numeric setting: (int or float, lowest, highest), both ends allowed
+RANGES: dict[str, tuple[type, float, float]] = {
+    "snapshot_every_s": (int, 0, 7 * 86_400),
+    "snapshot_keep": (int, 1, 1000),
+    "repo_backup_every_min": (int, 1, 24 * 60),
+    "steps": (int, 2, 16),  # LCM inference steps: the last adds no noise, so 1 step has nothing to train
+    "guidance": (float, 0.0, 30.0),
+    "round_epochs": (int, 1, 1000),
+    "alignment_guard": (float, 0.0, 100.0),
+    "kl_coef": (float, 0.0, 1000.0),
+    "round_prompts": (int, 1, 256),
+    "auto_round_every": (int, 0, 1_000_000),
+    "queue_size": (int, 1, 64),
+    "earlier_fraction": (float, 0.0, 1.0),
+    "pair_candidates": (int, 2, 64),
+    "compare_prompts": (int, 1, 64),
+    "ab_fraction": (float, 0.0, 1.0),
+    "gate_confidence": (float, 0.0, 1.0),
+    "gate_min_votes": (int, 1, 100_000),
+    "gate_max_votes": (int, 1, 100_000),
+    "max_upload_mb": (int, 1, 10_240),
+    "keep_unrated": (int, 0, 10_000_000),
+}
+
+
+def coerce(name: str, value):
+    """`value` as the type of setting `name`, or ValueError saying what is allowed.
+
+    Accepts numbers and numeric text (the UI sends floats, the environment text); refuses bools, NaN,
+    infinities, fractions for whole-number settings, and anything out of range.
+    """
+    kind, lo, hi = RANGES[name]
+    what = "a whole number" if kind is int else "a finite number"
+    raw = value
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float or "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be {what} in [{lo}, {hi}], got {raw[:40]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be {what} in [{lo}, {hi}], got {str(raw)[:40]!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be {what} in [{lo}, {hi}], got {value}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be {what} in [{lo}, {hi}], got {value}")
+        value = int(value)
+    else:
+        value = float(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be {what} in [{lo}, {hi}], got {str(raw)[:40]}")
+    return value
 
 
 def _env(name: str, default, cast=str):
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
-    return cast(raw)
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw[:40]!r} is not a valid {cast.__name__}") from None
 
 
 @dataclass
@@ -25,6 +88,8 @@ class StudioSettings:
     backup_dir: str | None = None  # RLCM_BACKUP_DIR: mounted bucket path for snapshots
     backup_repo: str | None = None  # RLCM_BACKUP_REPO: Hub dataset repo for snapshots (needs HF_TOKEN)
     snapshot_every_s: int = 600  # RLCM_SNAPSHOT_EVERY: seconds between snapshots (0: off)
+    snapshot_keep: int = 5  # RLCM_SNAPSHOT_KEEP: snapshots kept in backup_dir (older ones are deleted)
+    repo_backup_every_min: int = 15  # RLCM_BACKUP_REPO_EVERY: minutes between commits to backup_repo
     admin_password: str = ""  # RLCM_ADMIN_PASSWORD: empty -> a random one printed at start
     admin_users: tuple[str, ...] = ()  # RLCM_ADMINS: comma-separated Hugging Face usernames (on a Space)
     rating: str = "named"  # RLCM_RATING: "named" (raters type a name) or "open" (anonymous)
@@ -48,6 +113,8 @@ class StudioSettings:
     gate_confidence: float = 0.95  # RLCM_GATE_CONFIDENCE: posterior probability needed to promote or reject
     gate_min_votes: int = 6  # A/B votes before any decision
     gate_max_votes: int = 40  # undecided after this many A/B votes: rejected as inconclusive
+    max_upload_mb: int = 100  # RLCM_MAX_UPLOAD_MB: largest upload accepted (launch(max_file_size=...))
+    keep_unrated: int = 1000  # RLCM_KEEP_UNRATED: generated samples nobody rated kept (oldest deleted first)
     device: str | None = None  # RLCM_DEVICE: None picks cuda when present
     extra: dict = field(default_factory=dict)
 
@@ -59,6 +126,10 @@ class StudioSettings:
             data_dir=Path(_env("RLCM_DATA_DIR", str(cls.data_dir))), backup_dir=_env("RLCM_BACKUP_DIR", None),
             backup_repo=_env("RLCM_BACKUP_REPO", None),
             snapshot_every_s=_env("RLCM_SNAPSHOT_EVERY", cls.snapshot_every_s, int),
+            snapshot_keep=_env("RLCM_SNAPSHOT_KEEP", cls.snapshot_keep, int),
+            repo_backup_every_min=_env("RLCM_BACKUP_REPO_EVERY", cls.repo_backup_every_min, int),
+            max_upload_mb=_env("RLCM_MAX_UPLOAD_MB", cls.max_upload_mb, int),
+            keep_unrated=_env("RLCM_KEEP_UNRATED", cls.keep_unrated, int),
             admin_password=_env("RLCM_ADMIN_PASSWORD", ""),
             admin_users=tuple(u.strip() for u in _env("RLCM_ADMINS", "").split(",") if u.strip()),
             rating=_env("RLCM_RATING", cls.rating), prompt_set=_env("RLCM_PROMPTS", cls.prompt_set),
@@ -74,27 +145,29 @@ class StudioSettings:
         for k, v in overrides.items():
             setattr(s, k, v)
         s.validate()
+        try:  # the admin's saved edits beat the environment; explicit overrides beat both
+            s.load_saved(skip=set(overrides))
+        except ValueError as e:  # a damaged file must not keep the studio down: set it aside, say so in one line
+            bad = s.settings_path.with_name(SETTINGS_FILE + ".invalid")
+            os.replace(s.settings_path, bad)
+            print(f"RLCM Studio: ignored saved settings ({e}); moved to {bad.name}")
         if not s.admin_password:
             s.admin_password = secrets.token_urlsafe(9)
             print(f"RLCM Studio admin password (set RLCM_ADMIN_PASSWORD to choose one): {s.admin_password}")
         return s
 
     def validate(self) -> None:
+        """ValueError naming the first invalid setting; numbers are checked finite and in `RANGES`."""
+        numbers = {name: coerce(name, getattr(self, name)) for name in RANGES}
         if self.rating not in ("named", "open"):
             raise ValueError(f"rating {self.rating!r}; valid: named, open")
-        if not 2 <= self.steps <= 16:
-            raise ValueError("steps must be between 2 and 16 (the last LCM step adds no noise)")
-        if self.alignment_guard < 0 or self.kl_coef < 0:
-            raise ValueError("alignment_guard and kl_coef must be >= 0")
         from rlcm.policy import KL_UNITS
 
         if self.kl_units not in KL_UNITS:  # checked here too, so a bad RLCM_KL_UNITS fails at start-up
             raise ValueError(f"kl_units {self.kl_units!r}; valid: {', '.join(KL_UNITS)}")
-        if not 0 <= self.ab_fraction <= 1:
-            raise ValueError("ab_fraction must be between 0 and 1")
-        self.gate_rule()  # raises ValueError for an impossible rule
-        if self.round_epochs < 1 or self.auto_round_every < 0 or self.queue_size < 1:
-            raise ValueError("round_epochs and queue_size must be >= 1, auto_round_every >= 0")
+        replace(self, **numbers).gate_rule()  # raises ValueError for an impossible rule
+        for name, value in numbers.items():  # all checks passed: store the normalised types (4.0 -> 4)
+            setattr(self, name, value)
 
     def gate_rule(self):
         from .gate import GateRule
@@ -104,3 +177,63 @@ class StudioSettings:
     @property
     def on_space(self) -> bool:
         return bool(os.environ.get("SPACE_ID"))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    # ------------------------------------------------------------ editing and persistence
+
+    def editable(self) -> dict:
+        return {k: getattr(self, k) for k in EDITABLE}
+
+    def update(self, **values) -> dict:
+        """Set some editable values, all or none: each is coerced and checked, then the whole set is validated.
+
+        Returns the editable values. Does not save: call `save()` to make the change outlive a restart.
+        """
+        bad = sorted(set(values) - set(EDITABLE))
+        if bad:
+            raise ValueError(f"not editable: {', '.join(bad)}; editable: {', '.join(EDITABLE)}")
+        new = {k: coerce(k, v) for k, v in values.items() if v is not None}
+        replace(self, **new).validate()  # cross-field rules (the gate rule) on a copy: nothing changes if it fails
+        for k, v in new.items():
+            setattr(self, k, v)
+        return self.editable()
+
+    @property
+    def settings_path(self) -> Path:
+        return Path(self.data_dir) / SETTINGS_FILE
+
+    def save(self) -> Path:
+        """Write the editable values to `data_dir/settings.json` atomically (a unique temporary file, renamed)."""
+        path = self.settings_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SETTINGS_FILE}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"format": 1, "values": self.editable()}, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def load_saved(self, skip: set[str] = frozenset()) -> dict | None:
+        """Apply the values saved in `data_dir/settings.json` (except `skip`), validated like `update`.
+
+        Returns what was applied, None without a file; ValueError (nothing applied) for a damaged or invalid one.
+        """
+        path = self.settings_path
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path.name} is not readable JSON: {e}") from None
+        if not isinstance(doc, dict) or doc.get("format") != 1 or not isinstance(doc.get("values"), dict):
+            raise ValueError(f"{path.name} must hold {{'format': 1, 'values': {{...}}}}")
+        values = {k: v for k, v in doc["values"].items() if k not in skip}
+        self.update(**values)
+        return values
