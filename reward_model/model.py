@@ -6,13 +6,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
+from huggingface_hub import ModelHubMixin
 from PIL import Image
 
 from .embeddings import EmbeddingCache, clip_fingerprint
 from .head import EnsembleHead
 
 FORMAT = "rlcm-reward-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the backbone source is portable (toy name, hf-hub id, open_clip name)
+READS_VERSIONS = (1, 2)  # v1 recorded a path such as "data/models/toy-clip"; load maps it to the shipped name
 
 
 @dataclass
@@ -20,7 +22,7 @@ class ModelConfig:
     """What `config.json` records; enough to rebuild the head and check the backbone."""
 
     version: str  # model version, e.g. "20260101-120000-1a2b3c4d"
-    backbone: dict  # name, source (path or open_clip name), pretrained tag, fingerprint of its weights
+    backbone: dict  # name, source (portable: see rlcm.clip.load_clip), pretrained tag, fingerprint of its weights
     embed_dim: int  # CLIP embedding size D
     hidden: int  # hidden width of each head
     ensemble_size: int  # number of heads K
@@ -30,6 +32,7 @@ class ModelConfig:
     normalisation: str = "CLIP embeddings L2-normalised; head input standardised by training mean/std"
     output: str = "reward = mean over heads; P(a over b) = mean over heads of sigmoid(r_a - r_b)"
     data: dict = field(default_factory=dict)  # sizes of the data it was fitted on
+    card: dict = field(default_factory=dict)  # model card metadata kept across re-exports (see export.CardInfo)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -38,17 +41,11 @@ class ModelConfig:
 
 
 def clip_source(clip) -> tuple[str, str | None]:
-    """Where `clip` was loaded from (path or name, pretrained tag), found in `rlcm.clip`'s load cache."""
-    from rlcm import clip as clip_module
-
-    for key, value in clip_module._CACHE.items():
-        if value is clip:
-            source, _device, pretrained = key.split("|")
-            return source, None if pretrained == "None" else pretrained
-    return clip.name, None
+    """How to load `clip` again on any machine: its portable source and pretrained tag (see `rlcm.clip.Clip`)."""
+    return getattr(clip, "source", "") or clip.name, getattr(clip, "pretrained", None)
 
 
-class RewardModel:
+class RewardModel(ModelHubMixin, library_name="rlcm-studio", tags=["reward-model", "rlcm", "preference-learning"]):
     """`score(images, prompts)` -> (N,) rewards; `uncertainty` -> (N,) spread of the ensemble."""
 
     def __init__(self, clip, head: EnsembleHead, config: ModelConfig, metrics: dict | None = None):
@@ -138,3 +135,19 @@ class RewardModel:
         if want != got:
             raise ValueError(f"backbone mismatch: this reward model was fitted on {self.config.backbone.get('name')} "
                              f"with weights {want}, but the CLIP given has weights {got}; pass the same CLIP")
+
+    # -- Hugging Face Hub: save_pretrained / from_pretrained / push_to_hub write and read exactly export's files
+
+    def _save_pretrained(self, save_directory) -> None:
+        from .export import write_files
+
+        write_files(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None,
+                         force_download: bool = False, local_files_only: bool = False, token=None,
+                         clip=None, device: str = "cpu", backbone=None, **_config_keys) -> "RewardModel":
+        from .export import load
+
+        return load(model_id, clip=clip, device=device, backbone=backbone, revision=revision, cache_dir=cache_dir,
+                    token=token, local_files_only=local_files_only, force_download=force_download)
