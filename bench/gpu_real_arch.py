@@ -1,6 +1,6 @@
 """The real LCM architecture (Dreamshaper-v7 / SD-1.5 layout, random weights) on a GPU, fp16.
 
-    python bench/gpu_real_arch.py                  # on a CUDA machine (~5 min), writes bench/RESULTS.md
+    python bench/gpu_real_arch.py                  # on a CUDA machine (78 s on an H200), writes bench/RESULTS.md
     python bench/gpu_real_arch.py --quick          # fewer repeats; throw-away RESULTS.md
     python bench/gpu_real_arch.py --cpu-smoke      # no GPU: the same code on the tiny layout, to test the script
 
@@ -8,13 +8,19 @@ Without CUDA (and without --cpu-smoke) it says that no GPU is present and exits 
 768 px) a fresh `rlcm.arch.lcm_pipeline("full")` (860 M UNet, CLIP-L-sized text encoder, SD VAE) in fp16:
 sampling latency at batch 1 for 2, 4 and 8 LCM steps (mean of --reps after a warm-up, VAE decode
 included), then RLCM rounds with a LoRA (RLCMTrainer, jpeg_compressibility reward, 2 prompts x 4 images,
-8 steps): the second round's time (the first warms up) and the peak GPU memory over both.
+8 steps): the second round's time (the first warms up) and the peak GPU memory over both. Then the
+fp16 log-prob check: one more round of trajectories sampled by the trained trainer, each action's log-prob
+recomputed as its training pass recomputes it (`policy.log_prob` under the accelerator's autocast, train
+mode), with no update in between, so every PPO ratio must be 1: the largest |recomputed - sampled|, on the
+sampling batch and one sample at a time (training minibatches regroup rows), the share of ratios the PPO
+clip (1e-4) would already clip, and how many log-probs or final latents are not finite.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import sys
 import tempfile
@@ -27,6 +33,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from results import results_path, update_section  # noqa: E402
+
+
+def logprob_check(trainer) -> dict:
+    """Sample one round with `trainer` and recompute its log-probs as `RLCMTrainer._train_epoch` does."""
+    trajs, _, _ = trainer._sample_epoch()
+    trainer.unet.train()
+    clip = trainer.cfg.clip_range
+    res = {"batch": 0.0, "single": 0.0, "clipped": 0, "ratios": 0, "nonfinite": 0}
+    for tr in trajs:
+        res["nonfinite"] += int((~torch.isfinite(tr.log_probs)).sum()) + int((~torch.isfinite(tr.latents)).sum())
+        n = len(tr.prompts)
+        groups = {"batch": [torch.arange(n)], "single": [torch.tensor([i]) for i in range(n)]}
+        for name, idxs in groups.items():
+            for idx in idxs:
+                for j in range(trainer.actions):
+                    with torch.no_grad(), trainer.accelerator.autocast():
+                        logp = trainer.policy.log_prob(trainer.unet, tr, j, idx)  # (b,) float32
+                    diff = logp - tr.log_probs[idx, j].to(logp.device)
+                    res["nonfinite"] += int((~torch.isfinite(logp)).sum())
+                    # nan-propagating max: a non-finite difference must not read as agreement
+                    res[name] = max(res[name], float(diff.abs().max()), key=lambda v: (math.isnan(v), v))
+                    res["clipped"] += int(((torch.exp(diff) - 1).abs() > clip).sum())
+                    res["ratios"] += diff.numel()
+    return res
 
 
 def main() -> None:
@@ -60,7 +90,7 @@ def main() -> None:
     reps = 2 if args.quick or smoke else args.reps
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     prompt = "a large red circle on a plain blue background"
-    lat, rounds = [], []
+    lat, rounds, checks = [], [], []
     for res in resolutions:
         pipe = lcm_pipeline(size).to(device, dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -87,6 +117,11 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
         rounds.append((res, hist[-1]["time"] - hist[-2]["time"], hist[0]["time"], peak))
         print(f"{res}px RLCM round: {rounds[-1][1]:.2f}s (first {rounds[-1][2]:.2f}s), peak {peak:.1f} GiB", flush=True)
+        lp = logprob_check(trainer)
+        checks.append((res, lp))
+        print(f"{res}px log-probs recomputed: max |diff| batch {lp['batch']:.3g}, one by one {lp['single']:.3g}; "
+              f"{lp['clipped']}/{lp['ratios']} ratios outside 1 +- {cfg.clip_range:g}; {lp['nonfinite']} non-finite",
+              flush=True)
         del trainer, pipe
         gc.collect()
         if device == "cuda":
@@ -104,6 +139,16 @@ def main() -> None:
            "jpeg_compressibility, one optimiser step; time of the second round (the first includes warm-up).", "",
            "| resolution | round (s) | first round (s) | peak GPU memory (GiB) |", "|---|---|---|---|"]
     md += [f"| {res} px | {t:.2f} | {t0:.2f} | {peak:.1f} |".replace("nan", "–") for res, t, t0, peak in rounds]
+    md += ["", f"Log-probs ({'fp32' if smoke else 'fp16 UNet, fp16 mixed precision'}): one more round "
+           f"(8 trajectories, {round_steps - 1} actions) sampled by the trainer after its rounds, each action's log-prob "
+           "recomputed as the training pass does (`policy.log_prob` under the accelerator's autocast) with no update "
+           "in between: every PPO ratio should be exactly 1. Recomputed on the sampling batch (4) and one sample at "
+           "a time; clipped: recomputed ratios (both ways) the PPO clip (1e-4) would already clip; non-finite: "
+           "log-probs and final latents.",
+           "", "| resolution | max \\|Δ log-prob\\| batch | max \\|Δ log-prob\\| one at a time | clipped | non-finite |",
+           "|---|---|---|---|---|"]
+    md += [f"| {res} px | {lp['batch']:.2e} | {lp['single']:.2e} | {lp['clipped']}/{lp['ratios']} | {lp['nonfinite']} |"
+           for res, lp in checks]
     md = "\n".join(md)
     print("\n" + md)
     path = update_section("Real architecture on a GPU", md, results_path(args.quick or smoke))

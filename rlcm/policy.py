@@ -205,7 +205,7 @@ class LCMPolicy(_Policy):
         denoised = c_out * x0 + c_skip * x
         # 7. the policy: x' ~ N(sqrt(a') denoised, (1 - a') I)
         mean = a_prev.sqrt().to(x.dtype) * denoised
-        std = (1 - a_prev).sqrt().expand(1)
+        std = (1 - a_prev).sqrt().expand(1).to(x.device)  # a (1,) CPU tensor can't meet CUDA ones
         return mean, std, denoised
 
 
@@ -227,7 +227,7 @@ class DDIMPolicy(_Policy):
         var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
         std = self.eta * var.sqrt()
         mean = a_prev.sqrt().to(x.dtype) * x0 + (1 - a_prev - std**2).sqrt().to(x.dtype) * eps
-        return mean, std.expand(1), x0
+        return mean, std.expand(1).to(x.device), x0
 
 
 def make_policy(pipe, num_steps: int, guidance_scale: float) -> _Policy:
