@@ -24,10 +24,11 @@ from .settings import StudioSettings
 
 
 class RoundRunner:
-    def __init__(self, settings: StudioSettings, store, on_done, compare, start_adapter=lambda: ("base", None)):
+    def __init__(self, settings: StudioSettings, store, on_done, start_adapter=lambda: ("base", None)):
         self.settings, self.store = settings, store
-        self.on_done = on_done  # callback(round_id, lora_dir, verdict, reason) once a round has finished
-        self.compare = compare  # callback(version, sample_fn) to render the Compare tab's images
+        # callback(round_id, lora_dir, reason) once a round has trained: reason says why it fails the automatic
+        # checks on its numbers (None: it goes on to the image checks and the vote)
+        self.on_done = on_done
         # () -> (served version, its adapter.safetensors or None for base): rounds build on what is served
         self.start_adapter = start_adapter
         self.lock = threading.Lock()
@@ -131,9 +132,6 @@ class RoundRunner:
                 lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
                 rm.clip, s.alignment_guard)
             trainer = RLCMTrainer(cfg, reward_fn=scorer, callbacks=[self._on_event])
-            if not (s.data_dir / "compare" / "base").exists():
-                with _adapters_off(trainer.pipe.unet):
-                    self.compare("base", trainer.sample_images)
             trainer.train(stop=self.cancel_event)
             if self.cancel_event.is_set():
                 self.store.update_round(rid, status="cancelled")
@@ -145,16 +143,10 @@ class RoundRunner:
                       "reward_after": ev[-1]["eval_reward_mean"] if ev else None}
             if ev and "eval_fidelity" in ev[0]:
                 result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=ev[-1]["eval_fidelity"])
-            reason = checks.reject_reason(trainer.history, out / "lora", result)
-            if reason is None:  # rendered only for a LoRA that passed the weight checks
-                self.compare(f"round-{rid}", trainer.sample_images)
-                reason = checks.images_reason(s.data_dir / "compare", f"round-{rid}", start.get("init_version", "base"))
-            verdict = "rejected" if reason else "candidate"
-            self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result,
-                                    verdict=verdict,
-                                    verdict_reason=f"automatic check: {reason}" if reason else None)
-            self.on_done(rid, out / "lora", verdict, reason)
-            self._set(state="done", result=result, verdict=verdict, verdict_reason=reason)
+            self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result)
+            self._set(state="checking", result=result)
+            verdict, reason = self.on_done(rid, out / "lora", checks.reject_reason(trainer.history, out / "lora", result))
+            self._set(state="done", verdict=verdict, verdict_reason=reason)
         except Exception as e:  # the round fails; the served model and the database stay as they were
             self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
             self._set(state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
@@ -171,20 +163,6 @@ class RoundRunner:
 
 
 RM_KEYS = ("accuracy", "accuracy_ci", "n_test", "better_than_chance", "log_loss", "n_pairs", "n_raters")
-
-
-class _adapters_off:
-    """Context: sample from the base weights of a UNet that carries a fresh (or loaded) LoRA."""
-
-    def __init__(self, unet):
-        self.unet = unet
-
-    def __enter__(self):
-        self.unet.disable_adapters()
-
-    def __exit__(self, *a):
-        self.unet.enable_adapters()
-        return False
 
 
 def _settings_dict(s: StudioSettings) -> dict:

@@ -17,7 +17,8 @@ from pathlib import Path
 from feedback.store import FeedbackStore
 from rlcm.prompts import get_prompts
 
-from .rounds import RoundRunner
+from . import checks, gate, views
+from .rounds import RoundRunner, _write_json
 from .serving import BASE, PairQueue, ServedGenerator
 from .settings import StudioSettings
 
@@ -35,12 +36,17 @@ class Studio:
         self.generator = ServedGenerator(s)
         self.prompts = get_prompts(s.prompt_set, "train", 64 if s.prompt_set == "toy" else None)
         self.compare_prompts = get_prompts(s.prompt_set, "heldout", s.compare_prompts, seed=7)[: s.compare_prompts]
-        self.rounds = RoundRunner(s, self.store, on_done=self._serve_round, compare=self._render_compare)
+        self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._served_adapter)
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
-                               reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates)
+                               reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
+                               ab_fraction=s.ab_fraction)
         self._labels_at_last_round = self.store.counts()["labelled"]
         self._stop = threading.Event()
+        self._gate_lock = threading.Lock()
+        self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
         self._restore_active()
+        self._restore_candidate()
+        self._restore_reward_model()
         if start_workers:
             self.queue.start()
             self._resume_interrupted()
@@ -79,13 +85,26 @@ class Studio:
 
     def next_pair(self) -> dict:
         """The next pair to rate (from the pre-generated queue), with its image paths."""
-        pair = self.queue.get()
+        return self._with_images(self.queue.get())
+
+    def _with_images(self, pair: dict) -> dict:
         return {**pair, "image_a": str(self.store.image_path(pair["a"])),
                 "image_b": str(self.store.image_path(pair["b"]))}
+
+    def undone_pair(self, row: dict) -> dict:
+        """The pair of an undone vote, to show again (same sides)."""
+        return self._with_images({"prompt": row["prompt"], "a": row["sample_a"], "b": row["sample_b"],
+                                  "version": self.generator.version})
+
+    def counts_line(self, rater: str | None) -> str:
+        mine, total = self.rater_counts(rater) if rater else (0, self.store.counts()["comparisons"])
+        return views.rate_counts(mine, total, self.generator.version, self.generator.candidate)
 
     def vote(self, rater: str, sample_a: str, sample_b: str, choice: str, client_id: str) -> dict:
         """Record one judgement exactly once (a retried client_id is not counted again)."""
         row = self.store.record_comparison(sample_a, sample_b, choice, rater, client_id)
+        if row["created"] and self.generator.candidate in (row.get("generator_a"), row.get("generator_b")):
+            self.check_gate()
         self._maybe_auto_round()
         return row
 
@@ -97,45 +116,163 @@ class Studio:
         return stats.get(rater, 0), self.store.counts()["comparisons"]
 
     def _maybe_auto_round(self) -> None:
+        """Every `auto_round_every` new labels, when no round runs and no candidate waits for votes, start a
+        round in the background, unless the freshly fitted reward model is no better than chance."""
         n = self.settings.auto_round_every
-        labelled = self.store.counts()["labelled"]
-        if n and labelled - self._labels_at_last_round >= n and not self.rounds.running:
+        with self._gate_lock:
+            labelled = self.store.counts()["labelled"]
+            if not n or labelled - self._labels_at_last_round < n or self.rounds.running or self.generator.candidate:
+                return
+            self._labels_at_last_round = labelled
+
+        def run():
             try:
                 self.start_round(by="auto")
-            except (RuntimeError, ValueError):
-                pass
+                self.auto_note = ""
+            except (RuntimeError, ValueError) as e:
+                self.auto_note = f"automatic round not started: {e}"
+
+        threading.Thread(target=run, name="auto-round", daemon=True).start()
+
+    def generate(self, prompt: str, seed: int) -> dict:
+        """One image from the served model for `prompt` and `seed`, stored as a sample; checked before any work."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) > MAX_PROMPT:
+            raise ValueError(f"prompt too long (at most {MAX_PROMPT} characters)")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError("seed must be an integer from 0 to 2**63 - 1")
+        images, v = self.generator.generate([prompt], [seed])
+        sid = self.store.add_sample(images[0], prompt, seed, self.settings.steps, self.settings.guidance, generator=v)
+        return {"id": sid, "version": v}
 
     # ------------------------------------------------------------ rounds
 
-    def start_round(self, by: str) -> int:
+    def start_round(self, by: str, force: bool = False) -> int:
+        """Refit the reward model, then train a round from the served version in the background.
+
+        Refused (ValueError) while a candidate waits for votes, and when the reward model is no better than
+        chance on its held-out pairs, unless `force` (an admin who has read the warning)."""
         labelled = self.store.counts()["labelled"]
         if labelled < 8:
             raise ValueError(f"need at least 8 labelled pairs to fit a reward model, have {labelled}")
+        if self.rounds.running:
+            raise RuntimeError("a fine-tune round is already running")
+        if self.generator.candidate and not force:
+            raise ValueError(f"{self.generator.candidate} is still waiting for people's votes; "
+                             "promote or reject it first")
+        rm, metrics, _, _ = self.rounds.fit_reward_model()
+        if not metrics.get("better_than_chance", True) and not force:
+            raise ValueError(f"the reward model is no better than chance ({views.accuracy_text(metrics)}): a "
+                             "round would learn noise. Rate more pairs, or start anyway")
         self._labels_at_last_round = labelled
-        return self.rounds.start(by)
+        return self.rounds.start(by, reward_model=rm)
 
     def cancel_round(self) -> bool:
         return self.rounds.cancel()
 
-    def activate(self, version: str) -> str:
-        """Serve the base model ("base") or a finished round ("round-N")."""
+    def _round_version(self, version: str) -> tuple[int, dict]:
+        try:
+            rid = int(version.removeprefix("round-"))
+            row = self.store.get_round(rid)
+        except (ValueError, KeyError):
+            raise ValueError(f"unknown version {version!r}; valid: {', '.join(self.versions())}") from None
+        if row["status"] != "done" or not row.get("lora_path") or not Path(row["lora_path"]).exists():
+            raise ValueError(f"round {rid} has no finished LoRA (status {row['status']})")
+        return rid, row
+
+    def activate(self, version: str, by: str = "admin") -> str:
+        """Serve the base model ("base") or a finished round ("round-N"): a rollback, or an admin's forced
+        promotion of a candidate. A rejected round can't be served."""
         if version == BASE:
             self.generator.activate(BASE, None)
         else:
-            try:
-                rid = int(version.removeprefix("round-"))
-                row = self.store.get_round(rid)
-            except (ValueError, KeyError):
-                raise ValueError(f"unknown version {version!r}; valid: base or round-N of a finished round") from None
-            if row["status"] != "done" or not row.get("lora_path") or not Path(row["lora_path"]).exists():
-                raise ValueError(f"round {rid} has no finished LoRA (status {row['status']})")
+            rid, row = self._round_version(version)
+            if row.get("verdict") == "rejected":
+                raise ValueError(f"{version} was rejected ({row.get('verdict_reason')}); it can't be served")
+            if row.get("verdict") != "promoted":
+                self.store.update_round(rid, verdict="promoted", verdict_reason=f"promoted by {by}")
             self.generator.activate(version, row["lora_path"])
-        (self.settings.data_dir / "active.json").write_text(json.dumps({"version": version}))
+        _write_json(self.settings.data_dir / "active.json", {"version": version})
         self.queue.flush()
         return version
 
-    def _serve_round(self, rid: int, lora_dir: Path) -> None:
-        self.activate(f"round-{rid}")
+    def reject(self, version: str, reason: str) -> None:
+        """End `version`'s trial: it is never served (the served version stays)."""
+        rid, _ = self._round_version(version)
+        self.store.update_round(rid, verdict="rejected", verdict_reason=reason)
+        if self.generator.candidate == version:
+            self.generator.set_candidate(None)
+        self.queue.flush()
+
+    def check_gate(self) -> tuple[str, str]:
+        """Apply the gate rule to the pending candidate's A/B votes; promote or reject it when they say so."""
+        with self._gate_lock:
+            cand = self.generator.candidate
+            if cand is None:
+                return "none", "no candidate on trial"
+            rec = gate.record(self.store.comparisons(), cand, self.generator.version)
+            decision, why = gate.decide(rec, self.settings.gate_rule())
+            if decision == "promote":
+                rid, _ = self._round_version(cand)
+                self.store.update_round(rid, verdict="promoted", verdict_reason=f"people's votes: {why}")
+                self.activate(cand, by="votes")
+            elif decision == "reject":
+                self.reject(cand, f"people's votes: {why}")
+            return decision, why
+
+    def submit_candidate(self, lora_dir: str | Path, by: str = "admin") -> tuple[str, str, str | None]:
+        """Put a LoRA trained elsewhere (diffusers format, e.g. `python -m rlcm train`'s lora/) on trial like a
+        round's: (version, verdict, reason). It starts as a finished round whose parent is the served version."""
+        lora_dir = Path(lora_dir)
+        if not any(lora_dir.glob("*.safetensors")):
+            raise ValueError(f"no LoRA weights (*.safetensors) in {lora_dir.name}")
+        if self.generator.candidate:
+            raise ValueError(f"{self.generator.candidate} is still on trial; promote or reject it first")
+        served, init = self._served_adapter()
+        rid = self.store.create_round({"by": by, "submitted": True, "init_version": served,
+                                       "init_lora": str(init) if init else None})
+        dst = self.settings.data_dir / "rounds" / str(rid) / "lora"
+        shutil.copytree(lora_dir, dst)
+        self.store.update_round(rid, status="done", lora_path=str(dst), metrics={})
+        verdict, reason = self._consider(rid, dst, checks.reject_reason([], dst, {}))
+        return f"round-{rid}", verdict, reason
+
+    def _consider(self, rid: int, lora_dir: Path, reason: str | None) -> tuple[str, str | None]:
+        """A trained round's verdict: rejected at once when its numbers or its images fail the automatic
+        checks, else a candidate on trial in A/B pairs. The served version never changes here."""
+        version = f"round-{rid}"
+        parent = (self.store.get_round(rid).get("config") or {}).get("init_version", BASE)
+        if reason is None:
+            try:
+                self.generator.set_candidate(version, lora_dir)
+                self._render_compare(BASE, lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], only_new=True)
+                if parent != BASE and parent == self.generator.version:
+                    self._render_compare(parent, lambda p, sd: self.generator.generate(p, sd, version=parent)[0],
+                                         only_new=True)
+                self._render_compare(version, lambda p, sd: self.generator.generate(p, sd, version=version)[0])
+                reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
+                if reason is None:  # its peft-format weights let the next round start from it once it is served
+                    ck = self.settings.data_dir / "rounds" / str(rid) / "checkpoint" / "adapter.safetensors"
+                    if not ck.exists():
+                        self.generator.save_adapter("candidate", ck)
+            except Exception as e:  # unloadable or broken weights
+                reason = f"{type(e).__name__}: {e}"
+            if reason is not None:
+                self.generator.set_candidate(None)
+        verdict = "rejected" if reason else "candidate"
+        self.store.update_round(rid, verdict=verdict, verdict_reason=f"automatic check: {reason}" if reason else None)
+        self.queue.flush()
+        return verdict, reason
+
+    def _served_adapter(self) -> tuple[str, Path | None]:
+        """The served version and its adapter checkpoint: new rounds start from what people were shown."""
+        version = self.generator.version
+        if version == BASE:
+            return BASE, None
+        path = self.settings.data_dir / "rounds" / version.removeprefix("round-") / "checkpoint" / "adapter.safetensors"
+        return version, path if path.exists() else None
 
     def _restore_active(self) -> None:
         path = self.settings.data_dir / "active.json"
@@ -147,6 +284,22 @@ class Studio:
                 except ValueError:
                     path.unlink()
 
+    def _restore_candidate(self) -> None:
+        for r in self.store.rounds():
+            if r["status"] == "done" and r.get("verdict") == "candidate" and Path(r["lora_path"] or "").exists():
+                self.generator.set_candidate(f"round-{r['id']}", r["lora_path"])
+
+    def _restore_reward_model(self) -> None:
+        path = self.settings.data_dir / "reward_model.json"
+        if path.exists():
+            import reward_model
+
+            d = self.settings.data_dir / "reward_models" / json.loads(path.read_text()).get("version", "")
+            try:
+                self.rounds.reward_model = reward_model.load(d)
+            except Exception as e:  # a broken file must not stop the studio; the next fit replaces it
+                self.queue.errors.append(f"reward model not restored: {e}")
+
     def _resume_interrupted(self) -> None:
         for r in self.store.rounds():
             if r["status"] in ("running", "pending"):
@@ -157,11 +310,55 @@ class Studio:
                 return
 
     def versions(self) -> list[str]:
-        return [BASE] + [f"round-{r['id']}" for r in self.store.rounds() if r["status"] == "done"]
+        """Versions that can be served: the base, promoted rounds and the candidate on trial."""
+        return [BASE] + [f"round-{r['id']}" for r in self.store.rounds()
+                         if r["status"] == "done" and r.get("verdict") in ("promoted", "candidate")]
+
+    def trial(self) -> str:
+        """The pending candidate's A/B record and what the gate rule says now."""
+        cand, served = self.generator.candidate, self.generator.version
+        if cand is None:
+            return views.trial_text(None, served, None, "", "")
+        rec = gate.record(self.store.comparisons(), cand, served)
+        return views.trial_text(cand, served, rec, *gate.decide(rec, self.settings.gate_rule()))
+
+    def train_view(self) -> tuple[str, list[dict], list[dict]]:
+        """Train tab: progress line (with the trial and auto-round notes), the rounds table, the raw curve rows."""
+        p = self.rounds.snapshot()
+        text = views.round_progress(p) + "\n\n" + self.trial()
+        if self.auto_note:
+            text += f"\n\n{self.auto_note}"
+        return text, views.history_rows(self.store.rounds()), p.get("rows", [])
+
+    def leaderboard(self) -> list[dict]:
+        """Every version people have compared (Bradley–Terry on cross-version votes, base = 0) with the
+        reward model's mean score on the fixed Compare prompts, and a reward-hacking flag."""
+        votes = [v for v in self.store.comparisons() if v["generator_a"] != v["generator_b"]]
+        names = [BASE] + [f"round-{r['id']}" for r in self.store.rounds() if r["status"] == "done"]
+        verdicts = {f"round-{r['id']}": r.get("verdict") for r in self.store.rounds()}
+        bt = gate.bradley_terry(votes, names, anchor=BASE)
+        scores = {r["version"]: r.get("reward") for r in self.compare()}
+        rule = self.settings.gate_rule()
+        rows = []
+        for v in names:
+            b = bt[v]
+            row = {"version": v, "status": "served" if v == self.generator.version else
+                   "candidate" if v == self.generator.candidate else verdicts.get(v) or "", "votes": b["votes"],
+                   "win_vs_base": gate.win_prob(b["strength"]), "win_low": gate.win_prob(b["low"]),
+                   "win_high": gate.win_prob(b["high"]), "reward": scores.get(v)}
+            base_reward = scores.get(BASE)
+            # the reward model says better, people (with enough votes) don't: the round optimised the model's flaws
+            row["reward_hacking"] = bool(v != BASE and row["reward"] is not None and base_reward is not None
+                                         and row["reward"] > base_reward and b["votes"] >= rule.min_votes
+                                         and row["win_low"] <= 0.5 and row["win_vs_base"] < 0.6)
+            rows.append(row)
+        return rows
 
     # ------------------------------------------------------------ compare
 
-    def _render_compare(self, version: str, sample_fn) -> None:
+    def _render_compare(self, version: str, sample_fn, only_new: bool = False) -> None:
+        if only_new and (self.settings.data_dir / "compare" / version).exists():
+            return
         prompts = self.compare_prompts
         images = sample_fn(prompts, [1000 + i for i in range(len(prompts))])
         out = self.settings.data_dir / "compare" / version
@@ -242,10 +439,11 @@ class Studio:
 
     # ------------------------------------------------------------ settings
 
-    EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef")
+    EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef", "ab_fraction")
 
     def update_settings(self, steps: int, guidance: float, round_epochs: int, auto_round_every: int,
-                        alignment_guard: float | None = None, kl_coef: float | None = None) -> dict:
+                        alignment_guard: float | None = None, kl_coef: float | None = None,
+                        ab_fraction: float | None = None) -> dict:
         s = self.settings
         old = {k: getattr(s, k) for k in self.EDITABLE}
         s.steps, s.guidance, s.round_epochs, s.auto_round_every = int(steps), float(guidance), int(round_epochs), \
@@ -254,12 +452,15 @@ class Studio:
             s.alignment_guard = float(alignment_guard)
         if kl_coef is not None:
             s.kl_coef = float(kl_coef)
+        if ab_fraction is not None:
+            s.ab_fraction = float(ab_fraction)
         try:
             s.validate()
         except ValueError:
             for k, v in old.items():
                 setattr(s, k, v)
             raise
+        self.queue.ab_fraction = s.ab_fraction
         self.queue.flush()
         return {k: getattr(s, k) for k in self.EDITABLE}
 
@@ -298,5 +499,6 @@ class Studio:
 
     def status(self) -> dict:
         c = self.store.counts()
-        return {"version": self.generator.version, "queue": self.queue.q.qsize(), **c,
+        return {"version": self.generator.version, "candidate": self.generator.candidate,
+                "queue": self.queue.q.qsize(), **c,
                 "round": self.rounds.snapshot(), "errors": self.queue.errors[-3:]}

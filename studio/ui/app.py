@@ -1,0 +1,42 @@
+"""The whole app: a header (name, admin password, sign-in on a Space), one builder per tab, the JSON API."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from . import api, compare, data, rate, reward, settings_tab, train
+from .common import CSS, HOTKEYS, username
+
+
+def build_app(studio) -> gr.Blocks:
+    def admin(password: str, profile: gr.OAuthProfile | None = None) -> str:
+        return studio.check_admin(password, username(profile))
+
+    with gr.Blocks(title="RLCM Studio") as demo:
+        gr.Markdown("# RLCM Studio\nRate pairs · fit a reward model · fine-tune the consistency model live")
+        with gr.Row():
+            name = gr.Textbox(label="your name", placeholder="who is rating", elem_id="rater-name", scale=2,
+                              visible=not studio.settings.on_space)
+            password = gr.Textbox(label="admin password", type="password", elem_id="admin-pw", scale=1)
+            if studio.settings.on_space:
+                gr.LoginButton()
+        with gr.Tabs():
+            with gr.Tab("Rate", id="rate"):
+                rating = rate.build(studio, name)
+            with gr.Tab("Train", id="train"):
+                train.build(studio, password, admin)
+            with gr.Tab("Compare", id="compare"):
+                compare.build(studio)
+            with gr.Tab("Reward model", id="reward"):
+                reward.build(studio, password, admin)
+            with gr.Tab("Data", id="data"):
+                data.build(studio, password, admin)
+            with gr.Tab("Settings", id="settings"):
+                settings_tab.build(studio, password, admin)
+        demo.load(rating["first_pair"], [name], rating["outputs"], api_visibility="private")
+        api.build(studio)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    return {"head": HOTKEYS, "css": CSS, "theme": gr.themes.Soft()}

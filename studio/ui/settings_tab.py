@@ -1,0 +1,32 @@
+"""Settings tab: sampling, rounds and the gate (admin); the model and paths come from environment variables."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .common import user_errors
+
+
+def build(studio, password: gr.Textbox, admin) -> None:
+    s = studio.settings
+
+    def save(password_: str, steps, guidance, epochs, auto, guard=None, kl=None, ab=None,
+             profile: gr.OAuthProfile | None = None):
+        admin(password_, profile)
+        return studio.update_settings(steps, guidance, epochs, auto, guard, kl, ab)
+
+    gr.Markdown(f"model **{s.model}**{' + ' + s.lcm_lora if s.lcm_lora else ''} · reward backbone **{s.clip}** · "
+                f"prompts **{s.prompt_set}** (model and paths come from environment variables, see README)")
+    steps = gr.Slider(2, 16, value=s.steps, step=1, label="LCM steps")
+    guidance = gr.Slider(1, 15, value=s.guidance, step=0.5, label="guidance scale")
+    epochs = gr.Slider(1, 200, value=s.round_epochs, step=1, label="RLCM epochs per round")
+    auto = gr.Number(value=s.auto_round_every, precision=0, label="auto: start a round every N new ratings (0 = off)")
+    guard = gr.Number(value=s.alignment_guard, minimum=0,
+                      label="alignment guard: reward + this x CLIP prompt score (0 = off)")
+    kl = gr.Number(value=s.kl_coef, minimum=0, label="KL anchor to the base model (0 = off)")
+    ab = gr.Slider(0, 1, value=s.ab_fraction, step=0.05,
+                   label="share of pairs that show a candidate on trial against the served version")
+    b = gr.Button("Save (admin)", elem_id="btn-settings")
+    saved = gr.JSON(label="saved")
+    b.click(user_errors(save), [password, steps, guidance, epochs, auto, guard, kl, ab], [saved],
+            api_name="save_settings")

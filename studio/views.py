@@ -1,0 +1,109 @@
+"""What the app shows, as text and tables: every number formatted once, here, and tested without Gradio."""
+
+from __future__ import annotations
+
+import time
+
+from . import gate
+
+
+def pct(x: float | None, digits: int = 0) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def accuracy_text(metrics: dict) -> str:
+    """Held-out accuracy with its interval and n, and what it means; e.g. "83% (95% interval 64–93%, n=20)"."""
+    acc, n = metrics.get("accuracy"), metrics.get("n_test")
+    if acc is None or not n:
+        return "no held-out pairs yet"
+    ci = metrics.get("accuracy_ci")
+    text = f"{pct(acc)} ({'95% interval ' + pct(ci[0]) + '–' + pct(ci[1]) + ', ' if ci else ''}n={n})"
+    if metrics.get("better_than_chance") is False:
+        text += " — **not better than chance**"
+    return text
+
+
+def rate_counts(mine: int, total: int, served: str, candidate: str | None) -> str:
+    trial = f" · on trial: **{candidate}**" if candidate else ""
+    return f"your ratings: **{mine}** · all ratings: **{total}** · serving **{served}**{trial}"
+
+
+def round_progress(p: dict, now: float | None = None) -> str:
+    """One line for the Train tab: state, epoch, elapsed time and ETA, the reward model's accuracy."""
+    now = now or time.time()
+    text = f"**{p.get('state', 'idle')}**"
+    if "round" in p:
+        epoch, epochs = p.get("epoch", 0), p.get("epochs")
+        text += f" · round {p['round']} · epoch {epoch}/{epochs or '?'}"
+        if p.get("started") and p.get("state") not in ("done", "failed", "cancelled"):
+            elapsed = now - p["started"]
+            text += f" · elapsed {duration(elapsed)}"
+            done_since = epoch - p.get("resumed_at_epoch", 0)
+            if epochs and done_since > 0 and p.get("epoch_at"):
+                per = (p["epoch_at"] - p["started"]) / done_since
+                text += f" · ETA {duration(max(0.0, per * (epochs - epoch) - (now - p['epoch_at'])))}"
+    if p.get("reward_model"):
+        text += f" · reward model held-out accuracy {accuracy_text(p['reward_model'])}"
+    if p.get("verdict"):
+        text += f" · result: **{p['verdict']}**" + (f" ({p['verdict_reason']})" if p.get("verdict_reason") else "")
+    if p.get("error"):
+        text += f"\n\nfailed: `{p['error']}`"
+    return text
+
+
+def trial_text(candidate: str | None, served: str, rec: gate.Record | None, decision: str, why: str) -> str:
+    if candidate is None:
+        return "no candidate on trial"
+    return (f"**{candidate}** on trial against **{served}**: {rec.wins} wins, {rec.losses} losses, {rec.ties} ties "
+            f"— {decision}: {why}")
+
+
+def history_rows(rounds: list[dict]) -> list[dict]:
+    """The rounds table, newest first, with formatted figures only."""
+    out = []
+    for r in sorted(rounds, key=lambda r: r["id"], reverse=True):
+        m = r.get("metrics") or {}
+        rm = m.get("reward_model") or {}
+        fid = (f"{pct(m['fidelity_before'], 1)} → {pct(m['fidelity_after'], 1)}"
+               if m.get("fidelity_before") is not None and m.get("fidelity_after") is not None else "–")
+        rew = (f"{m['reward_before']:.2f} → {m['reward_after']:.2f}"
+               if m.get("reward_before") is not None and m.get("reward_after") is not None else "–")
+        out.append({"round": r["id"], "status": r["status"], "verdict": r.get("verdict") or "–",
+                    "why": r.get("verdict_reason") or r.get("error") or "",
+                    "by": (r.get("config") or {}).get("by", ""), "from": (r.get("config") or {}).get("init_version", ""),
+                    "reward-model accuracy": accuracy_text(rm) if rm else "–",
+                    "reward-model score (held-out)": rew, "prompt fidelity": fid,
+                    "epochs": m.get("epochs", "–"), "train time": duration(m.get("train_seconds")),
+                    "finished": (r.get("finished_at") or "")[:19].replace("T", " ")})
+    return out
+
+
+def leaderboard_rows(rows: list[dict]) -> list[dict]:
+    return [{"version": r["version"], "status": r["status"], "people's votes": r["votes"],
+             "win rate vs base (90% interval)": (f"{pct(r['win_vs_base'])} ({pct(r['win_low'])}–{pct(r['win_high'])})"
+                                                 if r["votes"] else "no votes yet"),
+             "reward-model score": "–" if r["reward"] is None else f"{r['reward']:.2f}",
+             "flag": "reward up, people not convinced: possible reward hacking" if r["reward_hacking"] else ""}
+            for r in rows]
+
+
+def reward_model_summary(info: dict) -> str:
+    """The Reward model tab's headline: version, held-out accuracy with interval and n, data sizes."""
+    if not info.get("fitted"):
+        return "no reward model yet: rate at least 8 pairs, then fit one (or start a round)"
+    lines = [f"**{info['version']}** · held-out accuracy {accuracy_text(info)}"]
+    if info.get("better_than_chance") is False:
+        lines.append("This model is **no better than chance** on its held-out pairs: automatic rounds are blocked "
+                     "and a manual round asks for confirmation. Rate more pairs.")
+    extra = [f"{k.replace('_', ' ')}: {info[k]:.3f}" if isinstance(info[k], float) else f"{k.replace('_', ' ')}: {info[k]}"
+             for k in ("log_loss", "n_pairs", "n_raters") if info.get(k) is not None]
+    if extra:
+        lines.append(" · ".join(extra))
+    return "\n\n".join(lines)

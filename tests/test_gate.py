@@ -1,0 +1,164 @@
+"""Rounds earn their place: a candidate is served only when people's A/B votes say it is better.
+
+Candidates here are LoRAs put on trial with `Studio.submit_candidate` (the path a finished round takes too),
+so each test runs in seconds; the full round path is tested in test_app.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from studio import gate
+
+from .conftest import MODELS
+
+
+# ---------------------------------------------------------------- the rule itself
+
+
+def test_record_counts_wins_losses_and_ties_from_either_side():
+    votes = [{"generator_a": "c", "generator_b": "s", "choice": "a"},  # c wins
+             {"generator_a": "s", "generator_b": "c", "choice": "b"},  # c wins
+             {"generator_a": "s", "generator_b": "c", "choice": "a"},  # c loses
+             {"generator_a": "c", "generator_b": "s", "choice": "tie"},
+             {"generator_a": "c", "generator_b": "s", "choice": "skip"},  # not counted
+             {"generator_a": "c", "generator_b": "x", "choice": "a"}]  # another opponent
+    rec = gate.record(votes, "c", "s")
+    assert (rec.wins, rec.losses, rec.ties) == (2, 1, 1) and rec.win_rate == pytest.approx(2.5 / 4)
+
+
+def test_rule_promotes_clear_wins_and_rejects_ties_and_losses():
+    rule = gate.GateRule(confidence=0.95, margin=0.15, min_votes=6, max_votes=40)
+    assert gate.decide(gate.Record(5, 0, 0), rule)[0] == "wait"  # too few votes
+    assert gate.decide(gate.Record(6, 0, 0), rule)[0] == "promote"
+    assert gate.decide(gate.Record(0, 6, 0), rule)[0] == "reject"
+    # identical-looking versions: ties alone never promote; enough of them reject
+    assert gate.decide(gate.Record(0, 0, 20), rule)[0] == "wait"
+    assert gate.decide(gate.Record(0, 0, 28), rule)[0] == "reject"
+    # P(p > 1/2) of Beta(1 + w, 1 + l), checked against the closed form for l = 0: 1 - 2^-(w+1)
+    assert gate.Record(6, 0, 0).p_above(0.5) == pytest.approx(1 - 2 ** -7)
+    assert gate.decide(gate.Record(20, 20, 0), rule)[0] == "reject"  # max_votes reached, or confidently not better
+
+
+def test_bradley_terry_orders_versions_and_anchors_base():
+    rng = np.random.default_rng(0)
+    true = {"base": 0.0, "r1": 1.0, "r2": -1.0}
+    votes = []
+    for _ in range(400):
+        i, j = rng.choice(list(true), 2, replace=False)
+        p = 1 / (1 + math.exp(true[j] - true[i]))
+        votes.append({"generator_a": i, "generator_b": j, "choice": "a" if rng.random() < p else "b"})
+    bt = gate.bradley_terry(votes, list(true), anchor="base")
+    assert bt["base"]["strength"] == 0.0
+    assert bt["r1"]["low"] < 1.0 < bt["r1"]["high"] and bt["r2"]["low"] < -1.0 < bt["r2"]["high"]
+    assert bt["r1"]["low"] > 0 > bt["r2"]["high"]
+
+
+# ---------------------------------------------------------------- through the studio
+
+
+def _lora(tmp, scale: float | None, nan: bool = False):
+    """A diffusers-format LoRA for the toy LCM: B = scale * noise (None: B = 0, i.e. the base itself)."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    from rlcm import lora as lora_utils
+
+    pipe = LatentConsistencyModelPipeline.from_pretrained(MODELS / "toy-lcm")
+    cfg = lora_utils.add_lora(pipe.unet, rank=8, alpha=8)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.full_like(p, float("nan")) if nan else
+                        torch.zeros_like(p) if scale is None else scale * torch.randn(p.shape, generator=g))
+    return lora_utils.save_lora(type(pipe), pipe.unet, cfg, tmp)
+
+
+@pytest.fixture
+def studio(tmp_path):
+    if not (MODELS / "toy-lcm").exists():
+        pytest.skip("toy models not built")
+    from studio.runtime import Studio
+    from studio.settings import StudioSettings
+
+    s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path / "studio",
+                       admin_password="pw", snapshot_every_s=0, compare_prompts=4, queue_size=2, ab_fraction=1.0,
+                       auto_round_every=0)
+    st = Studio(s, start_workers=False)
+    yield st
+    st.close()
+
+
+def _vote_ab(studio, prefer, n: int, rater: str = "tester") -> int:
+    """Vote on up to n A/B pairs as the UI does; `prefer(gen_a, gen_b)` returns a, b or tie. Returns votes cast."""
+    cast = 0
+    for i in range(n):
+        cand = studio.generator.candidate
+        if cand is None:
+            break
+        p = studio.next_pair()
+        ga, gb = (studio.store.get_sample(p[k])["generator"] for k in ("a", "b"))
+        assert {ga, gb} == {cand, studio.generator.version}, "with ab_fraction 1 every pair is an A/B pair"
+        a, b = (studio.store.get_sample(p[k]) for k in ("a", "b"))
+        assert a["prompt"] == b["prompt"] and a["seed"] == b["seed"]  # same prompt and seed
+        studio.vote(rater, p["a"], p["b"], prefer(ga, gb, cand), f"{rater}-{i}")
+        cast += 1
+    return cast
+
+
+def test_people_promote_a_candidate_they_prefer(studio, tmp_path):
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "good", 0.05))
+    assert verdict == "candidate", reason
+    assert studio.generator.version == "base" and studio.generator.candidate == version  # not served yet
+    n = _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 20)
+    assert studio.generator.version == version and studio.generator.candidate is None
+    assert n == 6  # min_votes clear wins are enough at 95% confidence
+    row = studio.store.get_round(int(version.removeprefix("round-")))
+    assert row["verdict"] == "promoted" and "people's votes" in row["verdict_reason"]
+    board = {r["version"]: r for r in studio.leaderboard()}
+    assert board[version]["votes"] == 6 and board[version]["win_low"] > 0.5 and board[version]["status"] == "served"
+    # the next round starts from the promoted version, not from base
+    served, init = studio._served_adapter()
+    assert served == version and init is not None and init.exists()
+
+
+def test_people_reject_a_candidate_that_looks_like_the_served_one(studio, tmp_path):
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "meh", 0.05))
+    assert verdict == "candidate", reason
+    n = _vote_ab(studio, lambda ga, gb, cand: "tie", 60)
+    assert n == 28 and studio.generator.candidate is None and studio.generator.version == "base"
+    row = studio.store.get_round(int(version.removeprefix("round-")))
+    assert row["verdict"] == "rejected"
+    assert version not in studio.versions()
+    with pytest.raises(ValueError, match="rejected"):
+        studio.activate(version)
+
+
+def test_the_base_itself_and_a_nan_lora_are_rejected_before_any_vote(studio, tmp_path):
+    same, verdict, reason = studio.submit_candidate(_lora(tmp_path / "same", None))
+    assert verdict == "rejected" and "no visible change" in reason
+    broken, verdict, reason = studio.submit_candidate(_lora(tmp_path / "nan", 0.05, nan=True))
+    assert verdict == "rejected" and "non-finite" in reason
+    assert studio.generator.candidate is None and studio.generator.version == "base"
+    assert studio.versions() == ["base"]
+    assert studio.store.counts()["comparisons"] == 0
+
+
+def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
+    from studio.runtime import Studio
+
+    version, verdict, _ = studio.submit_candidate(_lora(tmp_path / "good", 0.05))
+    _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 3)  # not yet decided
+    assert studio.generator.candidate == version
+    studio.close()
+    again = Studio(studio.settings, start_workers=False)
+    try:
+        assert again.generator.candidate == version and again.generator.version == "base"
+        _vote_ab(again, lambda ga, gb, cand: "a" if ga == cand else "b", 20, rater="tester2")
+        assert again.generator.version == version  # the votes before the restart counted too
+    finally:
+        again.close()
