@@ -1,4 +1,8 @@
-"""Content-addressed image files: canonical PNG bytes, their sha256 id, and checked decoding of untrusted bytes."""
+"""Content-addressed image files: canonical PNG bytes (or an import's original JPEG), their sha256 id, checked decoding.
+
+A sample's id is the sha256 of its file's bytes; the file is `<id[:2]>/<id>.png`, or `.jpg` for JPEG bytes kept
+as imported (re-encoding them as PNG made one 85 kB image 462 kB).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from PIL import Image
 MAX_BYTES = 8 * 1024 * 1024  # an encoded image larger than this is refused
 MAX_SIDE = 2048  # ... and so is one wider or taller than this (decompression bombs are tiny files)
 FORMATS = ("PNG", "JPEG")
+SUFFIXES = {"PNG": ".png", "JPEG": ".jpg"}  # file name suffix of each stored format
+JPEG_QUALITY = 95  # generated (PNG) images exported as JPEG, as Pick-a-Pic's jpg_0/jpg_1 columns hold
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
@@ -26,15 +32,44 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_bytes(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG encoding of an RGB image (no metadata), without chroma subsampling: on the toy's 64 px scenes 4:2:0
+    left a mean error of 2.6 levels (max 6.2) over 20 renders, 4:4:4 0.9 (max 2.4)."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def image_format(data: bytes) -> str:
+    """"PNG" or "JPEG" from the leading bytes; ValueError for anything else."""
+    for magic, fmt in _MAGIC.items():
+        if bytes(data[:len(magic)]) == magic:
+            return fmt
+    raise ValueError(f"image bytes are neither PNG nor JPEG (valid formats: {', '.join(FORMATS)})")
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def image_path(root: Path, sample_id: str) -> Path:
-    """Where a sample's PNG lives: `root/<id[:2]>/<id>.png` (ids are hex digests, never paths)."""
+def image_path(root: Path, sample_id: str, fmt: str | None = None) -> Path:
+    """Where a sample's image lives: `root/<id[:2]>/<id>.png`, or `.jpg` (ids are hex digests, never paths).
+
+    Without `fmt`, the file that is there: the JPEG if one exists, else the PNG path.
+    """
     if len(sample_id) != 64 or any(c not in "0123456789abcdef" for c in sample_id):
         raise ValueError(f"a sample id is a 64-character lowercase sha256 hex digest, got {sample_id!r}")
-    return Path(root) / sample_id[:2] / f"{sample_id}.png"
+    base = Path(root) / sample_id[:2] / sample_id
+    if fmt is not None:
+        return base.with_suffix(SUFFIXES[fmt])
+    jpg = base.with_suffix(SUFFIXES["JPEG"])
+    return jpg if jpg.exists() else base.with_suffix(SUFFIXES["PNG"])
+
+
+def image_files(root: Path):
+    """Every stored image file under `root` (both formats), e.g. for backups and orphan clean-up."""
+    for suffix in SUFFIXES.values():
+        yield from Path(root).glob(f"*/*{suffix}")
 
 
 def write_atomic(path: Path, data: bytes) -> bool:
@@ -62,8 +97,7 @@ def decode_checked(data: bytes, max_bytes: int = MAX_BYTES, max_side: int = MAX_
     data = bytes(data)
     if len(data) > max_bytes:
         raise ValueError(f"image is {len(data)} bytes; the limit is {max_bytes}")
-    if not any(data.startswith(m) for m in _MAGIC):
-        raise ValueError(f"image bytes are neither PNG nor JPEG (valid formats: {', '.join(FORMATS)})")
+    image_format(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

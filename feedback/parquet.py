@@ -1,14 +1,18 @@
-"""Preference data in and out as Parquet with the Pick-a-Pic v2 columns, so tools built for that dataset read ours.
+"""Preference data in and out as Parquet in the published Pick-a-Pic v2 schema, so tools built for it read ours.
 
-Columns: caption, jpg_0, jpg_1 (image bytes; ours are PNG), label_0, label_1 (1/0, 0/1, or 0.5 each for a
-tie), image_0_uid, image_1_uid (our sample ids), model_0, model_1 (generator), user_id (rater name, a
-string), has_label (False for a skip), are_different, created_at. What Pick-a-Pic has no column for
-(seeds, steps, guidance, client ids) travels in the file's key-value metadata under `rlcm`, so our own
-files round-trip exactly and foreign files still import.
+Export writes the 19 columns of `yuvalkirstain/pickapic_v2` with their types (SCHEMA): `jpg_0`/`jpg_1` hold
+JPEG bytes (an imported JPEG exactly as it came, a generated image at quality 95), `image_*_uid` the uid each
+image came with (our sample id for our own), `user_id` an int64 (a rater name maps to a stable number; a
+number that came from a file maps back to itself), `ranking_id` our comparison id, `best_image_uid` the
+preferred image (null for a tie or skip), the URLs null. What Pick-a-Pic has no column for (seeds, steps,
+guidance, client ids, rater names) travels in the file's key-value metadata under `rlcm`, so our files
+round-trip and foreign files still import; `datasets.load_dataset("parquet", ...)` reads an export and
+concatenates it with the published data.
 
-Import trusts nothing: every column type, label, name and image is checked (images decoded, sizes
-limited), all before anything is written; then images and rows go in, the rows in one transaction.
-Any problem raises ValueError naming the row and nothing changes. Re-importing a file adds nothing.
+Import trusts nothing. The file's schema and metadata are checked first (a problem refuses the file); then
+every row (labels, names, uids, images decoded with size limits). A bad row is reported and left out while
+the valid rows go in, or, with `strict=True`, refuses the whole file with nothing changed. The writing is
+the store's `import_records` (one transaction). Re-importing a file adds nothing.
 """
 
 from __future__ import annotations
@@ -17,27 +21,39 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import images as imgs
-from .store import MAX_CLIENT_ID, FeedbackStore, check_name, check_prompt
+from .checks import check_name, check_prompt
 
-SCHEMA = pa.schema([
-    ("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
-    ("label_0", pa.float64()), ("label_1", pa.float64()),
-    ("image_0_uid", pa.string()), ("image_1_uid", pa.string()),
-    ("model_0", pa.string()), ("model_1", pa.string()), ("user_id", pa.string()),
-    ("has_label", pa.bool_()), ("are_different", pa.bool_()), ("created_at", pa.timestamp("us", tz="UTC")),
+if TYPE_CHECKING:
+    from .store import FeedbackStore
+
+SCHEMA = pa.schema([  # the published pickapic_v2 columns, in its order, with its types
+    ("are_different", pa.bool_()), ("best_image_uid", pa.string()), ("caption", pa.string()),
+    ("created_at", pa.timestamp("ns")), ("has_label", pa.bool_()),
+    ("image_0_uid", pa.string()), ("image_0_url", pa.string()), ("image_1_uid", pa.string()),
+    ("image_1_url", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
+    ("label_0", pa.float64()), ("label_1", pa.float64()), ("model_0", pa.string()), ("model_1", pa.string()),
+    ("ranking_id", pa.int64()), ("user_id", pa.int64()), ("num_example_per_prompt", pa.int64()),
+    ("__index_level_0__", pa.int64()),
 ])
+REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "image_0_uid", "image_1_uid", "model_0", "model_1",
+            "user_id", "has_label", "are_different", "created_at")  # what import needs; the rest is optional
 LABELS = {(1.0, 0.0): "a", (0.0, 1.0): "b", (0.5, 0.5): "tie"}
 META_KEY = b"rlcm"
+META_FORMATS = (1, 2)  # 2 adds "raters" (user_id -> rater name)
 UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # uuids and hex digests; no separators, no ".."
 MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+/-]{0,99}")  # generator names such as "org/model-1.0"
+MAX_REPORTED = 100  # bad rows listed in an import report (all are counted)
 
 
 @dataclass
@@ -54,149 +70,199 @@ def _label(choice: str) -> tuple[float, float, bool]:
     return {"a": (1.0, 0.0, True), "b": (0.0, 1.0, True), "tie": (0.5, 0.5, True), "skip": (0.0, 0.0, False)}[choice]
 
 
+def user_number(rater: str) -> int:
+    """Pick-a-Pic's int64 user_id for a rater name: a number keeps its value, a name gets a stable 63-bit hash."""
+    if rater.isdigit() and rater.isascii() and int(rater) < 2**63:
+        return int(rater)
+    return int.from_bytes(hashlib.sha256(rater.encode()).digest()[:8], "big") >> 1
+
+
+def _utc_naive(iso: str) -> datetime:
+    t = datetime.fromisoformat(iso)
+    return (t.astimezone(timezone.utc) if t.tzinfo else t).replace(tzinfo=None)
+
+
 def export_parquet(store: FeedbackStore, path: str | Path, include_skips: bool = False, batch: int = 256) -> Path:
     """Write every live comparison (skips only if asked) with both images; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = store.comparisons(include_skips=include_skips)
-    sample_meta = {}
-    for r in rows:
-        for sid in (r["sample_a"], r["sample_b"]):
-            if sid not in sample_meta:
-                s = store.get_sample(sid)
-                sample_meta[sid] = {"seed": s["seed"], "steps": s["steps"], "guidance": s["guidance"]}
-    meta = {"format": 1, "client_ids": [r["client_id"] for r in rows], "samples": sample_meta}
+    samples = {sid: store.get_sample(sid) for r in rows for sid in (r["sample_a"], r["sample_b"])}
+    uid = {sid: s["source_uid"] or sid for sid, s in samples.items()}
+    per_prompt = Counter(r["prompt"] for r in rows)
+    meta = {"format": 2, "client_ids": [r["client_id"] for r in rows],
+            "samples": {uid[sid]: {k: s[k] for k in ("seed", "steps", "guidance")} for sid, s in samples.items()},
+            "raters": {str(user_number(r["rater"])): r["rater"] for r in rows}}
+
+    @lru_cache(maxsize=1024)  # a sample is in many rows
+    def jpeg(sid: str) -> bytes:
+        file = store.image_path(sid)
+        data = file.read_bytes()
+        return data if imgs.image_format(data) == "JPEG" else imgs.jpeg_bytes(store.load_image(sid))
+
     schema = SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
     tmp = path.with_name(path.name + ".tmp")
     with pq.ParquetWriter(tmp, schema) as writer:
         for i in range(0, max(len(rows), 1), batch):
-            chunk = rows[i:i + batch]
             cols: dict[str, list] = {name: [] for name in SCHEMA.names}
-            for r in chunk:
+            for j, r in enumerate(rows[i:i + batch], start=i):
+                a, b = r["sample_a"], r["sample_b"]
                 l0, l1, has = _label(r["choice"])
-                for k, v in (("caption", r["prompt"]), ("jpg_0", store.image_path(r["sample_a"]).read_bytes()),
-                             ("jpg_1", store.image_path(r["sample_b"]).read_bytes()), ("label_0", l0),
-                             ("label_1", l1), ("image_0_uid", r["sample_a"]), ("image_1_uid", r["sample_b"]),
-                             ("model_0", r["generator_a"]), ("model_1", r["generator_b"]), ("user_id", r["rater"]),
-                             ("has_label", has), ("are_different", r["sample_a"] != r["sample_b"]),
-                             ("created_at", datetime.fromisoformat(r["created_at"]))):
+                best = {"a": uid[a], "b": uid[b]}.get(r["choice"])
+                for k, v in (("are_different", a != b), ("best_image_uid", best), ("caption", r["prompt"]),
+                             ("created_at", _utc_naive(r["created_at"])), ("has_label", has),
+                             ("image_0_uid", uid[a]), ("image_0_url", None), ("image_1_uid", uid[b]),
+                             ("image_1_url", None), ("jpg_0", jpeg(a)), ("jpg_1", jpeg(b)), ("label_0", l0),
+                             ("label_1", l1), ("model_0", r["generator_a"]), ("model_1", r["generator_b"]),
+                             ("ranking_id", r["id"]), ("user_id", user_number(r["rater"])),
+                             ("num_example_per_prompt", per_prompt[r["prompt"]]), ("__index_level_0__", j)):
                     cols[k].append(v)
             writer.write_table(pa.table(cols, schema=schema))
     tmp.replace(path)
     return path
 
 
-# ---------------------------------------------------------------- import: validation
+# ---------------------------------------------------------------- import: the file
 
 def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
 _TYPE_RULES = {  # column -> (predicate on the Arrow type, what is valid)
     "caption": (_is_string, "string"),
-    "jpg_0": (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t), "binary"),
-    "jpg_1": (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t), "binary"),
+    "jpg_0": (_is_binary, "binary"),
+    "jpg_1": (_is_binary, "binary"),
     "label_0": (lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), "float or int"),
     "label_1": (lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), "float or int"),
     "image_0_uid": (_is_string, "string"),
     "image_1_uid": (_is_string, "string"),
     "model_0": (lambda t: _is_string(t) or pa.types.is_null(t), "string"),
     "model_1": (lambda t: _is_string(t) or pa.types.is_null(t), "string"),
-    "user_id": (lambda t: _is_string(t) or pa.types.is_integer(t), "string or int"),
+    "user_id": (lambda t: _is_string(t) or pa.types.is_integer(t), "int64 or string"),
     "has_label": (pa.types.is_boolean, "bool"),
     "are_different": (pa.types.is_boolean, "bool"),
     "created_at": (lambda t: pa.types.is_timestamp(t) or _is_string(t), "timestamp or ISO 8601 string"),
+    "best_image_uid": (lambda t: _is_string(t) or pa.types.is_null(t), "string"),
+    "image_0_url": (lambda t: _is_string(t) or pa.types.is_null(t), "string"),
+    "image_1_url": (lambda t: _is_string(t) or pa.types.is_null(t), "string"),
+    "ranking_id": (lambda t: pa.types.is_integer(t) or pa.types.is_null(t), "int64"),
+    "num_example_per_prompt": (lambda t: pa.types.is_integer(t) or pa.types.is_null(t), "int64"),
 }
 
 
 def _check_schema(schema: pa.Schema) -> None:
-    missing = [c for c in SCHEMA.names if c not in schema.names]
+    missing = [c for c in REQUIRED if c not in schema.names]
     if missing:
-        raise ValueError(f"missing column(s) {missing}; a Pick-a-Pic file has {SCHEMA.names}")
+        raise ValueError(f"missing column(s) {missing}; a Pick-a-Pic v2 file has {SCHEMA.names}")
     for name, (ok, valid) in _TYPE_RULES.items():
-        t = schema.field(name).type
-        if not ok(t):
-            raise ValueError(f"column {name!r} has type {t}; valid: {valid}")
+        if name in schema.names and not ok(schema.field(name).type):
+            raise ValueError(f"column {name!r} has type {schema.field(name).type}; valid: {valid}")
 
 
 def _check_meta(raw: bytes | None, n_rows: int) -> dict:
     if raw is None:
-        return {"client_ids": None, "samples": {}}
+        return {"client_ids": None, "samples": {}, "raters": {}}
     try:
         meta = json.loads(raw)
     except ValueError:
         raise ValueError("the file's 'rlcm' metadata is not JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != 1:
-        raise ValueError("the file's 'rlcm' metadata must be an object with format 1")
-    ids, samples = meta.get("client_ids"), meta.get("samples", {})
-    if ids is not None:
-        if not isinstance(ids, list) or len(ids) != n_rows:
-            raise ValueError(f"'rlcm' metadata client_ids must be a list of {n_rows} strings")
-        for i in ids:
-            check_name(i, "client_id in 'rlcm' metadata", MAX_CLIENT_ID)
-    if not isinstance(samples, dict):
-        raise ValueError("'rlcm' metadata samples must be an object")
+    if not isinstance(meta, dict) or meta.get("format") not in META_FORMATS:
+        raise ValueError(f"the file's 'rlcm' metadata must be an object with format {' or '.join(map(str, META_FORMATS))}")
+    ids, samples, raters = meta.get("client_ids"), meta.get("samples", {}), meta.get("raters", {})
+    if ids is not None and (not isinstance(ids, list) or len(ids) != n_rows or not all(isinstance(i, str) for i in ids)):
+        raise ValueError(f"'rlcm' metadata client_ids must be a list of {n_rows} strings")
+    if not isinstance(samples, dict) or not isinstance(raters, dict):
+        raise ValueError("'rlcm' metadata samples and raters must be objects")
     for uid, m in samples.items():
-        if not (isinstance(uid, str) and UID.fullmatch(uid) and ".." not in uid and isinstance(m, dict)):
-            raise ValueError(f"'rlcm' metadata has a bad sample entry {str(uid)[:80]!r}")
+        if not (UID.fullmatch(uid) and ".." not in uid and isinstance(m, dict)):
+            raise ValueError(f"'rlcm' metadata has a bad sample entry {uid[:80]!r}")
         for k, kind in (("seed", int), ("steps", int), ("guidance", (int, float))):
             v = m.get(k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, kind)):
                 raise ValueError(f"'rlcm' metadata: {k} of sample {uid!r} must be a number or null")
-    return {"client_ids": ids, "samples": samples}
+    if not all(k.isdigit() and isinstance(v, str) for k, v in raters.items()):
+        raise ValueError("'rlcm' metadata raters must map user_id numbers to names")
+    return {"client_ids": ids, "samples": samples, "raters": raters}
 
 
-def _uid(value, where: str) -> str:
+# ---------------------------------------------------------------- import: one row
+
+def _uid(value) -> str:
     if not isinstance(value, str) or not UID.fullmatch(value) or ".." in value:
-        raise ValueError(f"{where}: image uid {str(value)[:80]!r} is not a plain id "
+        raise ValueError(f"image uid {str(value)[:80]!r} is not a plain id "
                          "(letters, digits, '_', '.', '-'; no path separators or '..')")
     return value
 
 
-def _model(value, where: str) -> str:
+def _model(value) -> str:
     if value is None:
         return "imported"
     if not isinstance(value, str) or not MODEL.fullmatch(value) or ".." in value:
-        raise ValueError(f"{where}: model name {str(value)[:80]!r} is not a plain name")
-    return value
+        raise ValueError(f"model name {str(value)[:80]!r} is not a plain name")
+    return check_name(value, "model name")
 
 
-def _created_at(value, where: str) -> str | None:
+def _created_at(value) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"{where}: created_at {value[:40]!r} is not ISO 8601") from None
-    if value.tzinfo is None:
+            raise ValueError(f"created_at {value[:40]!r} is not ISO 8601") from None
+    if value.tzinfo is None:  # Pick-a-Pic's timestamps are naive UTC
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _choice(l0, l1, has_label, where: str) -> str:
+def _choice(l0, l1, has_label) -> str:
     try:
         key = (float(l0), float(l1))
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: labels must be numbers, got {l0!r}, {l1!r}") from None
+        raise ValueError(f"labels must be numbers, got {l0!r}, {l1!r}") from None
     if not all(math.isfinite(v) for v in key) or (key not in LABELS and key != (0.0, 0.0)):
-        raise ValueError(f"{where}: label_0/label_1 must be 1/0, 0/1 or 0.5/0.5 (0/0 without a label); got {key}")
+        raise ValueError(f"label_0/label_1 must be 1/0, 0/1 or 0.5/0.5 (0/0 without a label); got {key}")
     if has_label is None:
-        raise ValueError(f"{where}: has_label is null")
+        raise ValueError("has_label is null")
     if not has_label:
         return "skip"
     if key not in LABELS:
-        raise ValueError(f"{where}: has_label is true but labels are {key}")
+        raise ValueError(f"has_label is true but labels are {key}")
     return LABELS[key]
+
+
+def _rater(value, names: dict) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return names.get(str(value), str(value))
+    return value  # a name (older exports of ours); check_name judges it
 
 
 # ---------------------------------------------------------------- import
 
-def import_parquet(store: FeedbackStore, path: str | Path, limits: ImportLimits = ImportLimits()) -> dict:
-    """Validate a whole Pick-a-Pic style file, then add its samples and comparisons; returns a report.
+def _read_rows(pf: pq.ParquetFile, columns: list[str], path: Path):
+    i = 0
+    try:
+        for batch in pf.iter_batches(batch_size=64, columns=columns):
+            for r in batch.to_pylist():
+                yield i, r
+                i += 1
+    except Exception as e:  # pyarrow decoding errors on a corrupt file
+        raise ValueError(f"row {i}: cannot read {path}: {type(e).__name__}: {e}") from None
 
-    Raises ValueError (nothing changed) on any problem. Rows whose two images are identical are
-    skipped and counted. Rows already imported (same client id) are counted as existing.
+
+def import_parquet(store: FeedbackStore, path: str | Path, limits: ImportLimits = ImportLimits(),
+                   strict: bool = False) -> dict:
+    """Import a Pick-a-Pic style file into `store`; returns a report.
+
+    A file-level problem (not Parquet, missing columns, wrong types, bad metadata, too large) raises
+    ValueError and changes nothing. A bad row is listed in the report's "bad_rows" ({"row", "error"}, the
+    first MAX_REPORTED of "rows_rejected") and left out; with `strict`, it raises ValueError instead and
+    nothing changes. Rows whose two images are identical are skipped and counted; rows imported before
+    (same client id) are counted as existing.
     """
     path = Path(path)
     if not path.is_file():
@@ -214,83 +280,79 @@ def import_parquet(store: FeedbackStore, path: str | Path, limits: ImportLimits 
         raise ValueError(f"{path} has {n} rows; the limit is {limits.max_rows}")
     meta = _check_meta((schema.metadata or {}).get(META_KEY), n)
 
-    samples: dict[str, dict] = {}  # sample id -> png bytes, prompt, size, metadata
-    rows: list[dict] = []
+    bad: list[dict] = []
+    samples: dict[str, dict] = {}  # sha256 of the bytes -> sample record
+    by_uid: dict[str, str] = {}  # uid -> sha256 of its bytes in this file
+    parsed: list[dict] = []
     skipped = 0
-    i = 0
-    try:
-        batches = pf.iter_batches(batch_size=64, columns=SCHEMA.names)
-        for batch in batches:
-            for r in batch.to_pylist():
-                where = f"row {i}"
-                prompt = check_prompt(r["caption"], f"{where}: caption")
-                choice = _choice(r["label_0"], r["label_1"], r["has_label"], where)
-                rater = str(r["user_id"]) if isinstance(r["user_id"], int) else r["user_id"]
-                rater = check_name(rater, f"{where}: user_id")
-                created = _created_at(r["created_at"], where)
-                ids = []
-                for k in (0, 1):
-                    uid = _uid(r[f"image_{k}_uid"], where)
-                    if r[f"jpg_{k}"] is None:
-                        raise ValueError(f"{where}: jpg_{k} is missing")
-                    try:
-                        image = imgs.decode_checked(r[f"jpg_{k}"], limits.max_image_bytes, limits.max_image_side)
-                    except ValueError as e:
-                        raise ValueError(f"{where}: jpg_{k}: {e}") from None
-                    data = imgs.png_bytes(image)
-                    sid = imgs.sha256(data)
-                    m = meta["samples"].get(uid, {})
-                    known = samples.get(sid)
-                    if known is not None and known["prompt"] != prompt:
-                        raise ValueError(f"{where}: the same image appears under two captions")
-                    samples.setdefault(sid, {"png": data, "prompt": prompt, "size": image.size,
-                                             "generator": _model(r[f"model_{k}"], where), "seed": m.get("seed"),
-                                             "steps": m.get("steps"), "guidance": m.get("guidance"),
-                                             "created_at": created})
-                    ids.append(sid)
-                if ids[0] == ids[1]:
-                    skipped += 1
-                else:
-                    cid = meta["client_ids"][i] if meta["client_ids"] else "import:" + hashlib.sha256(json.dumps(
-                        [prompt, r["image_0_uid"], r["image_1_uid"], rater, created, choice]).encode()).hexdigest()[:40]
-                    rows.append({"a": ids[0], "b": ids[1], "choice": choice, "rater": rater, "client_id": cid,
-                                 "created_at": created})
-                i += 1
-    except ValueError:
-        raise
-    except Exception as e:  # pyarrow decoding errors on a corrupt file
-        raise ValueError(f"row {i}: cannot read {path}: {type(e).__name__}: {e}") from None
-
-    report = {"rows": n, "skipped_identical": skipped, "samples_added": 0, "samples_existing": 0,
-              "comparisons_added": 0, "comparisons_existing": 0}
-    written: list[Path] = []
-    with store._write_lock:  # images first (content-addressed); the new ones go again if the rows fail
+    for i, r in _read_rows(pf, list(REQUIRED), path):
         try:
-            with store._write() as db:
-                for sid, s in samples.items():
-                    if imgs.write_atomic(store.image_path(sid), s["png"]):
-                        written.append(store.image_path(sid))
-                for sid, s in samples.items():
-                    _insert_sample(store, db, sid, s, report)
-                for j, r in enumerate(rows):
-                    try:
-                        row = store._insert_comparison(db, r["a"], r["b"], r["choice"], r["rater"], r["client_id"],
-                                                       r["created_at"])
-                    except ValueError as e:
-                        raise ValueError(f"comparison {j}: {e}") from None
-                    report["comparisons_added" if row["created"] else "comparisons_existing"] += 1
-        except BaseException:
-            for p in written:
-                p.unlink(missing_ok=True)
-            raise
-    return report
+            caption = check_prompt(r["caption"], "caption")
+            choice = _choice(r["label_0"], r["label_1"], r["has_label"])
+            rater = check_name(_rater(r["user_id"], meta["raters"]), "user_id")
+            created = _created_at(r["created_at"])
+            images = []
+            for k in (0, 1):
+                uid = _uid(r[f"image_{k}_uid"])
+                raw = r[f"jpg_{k}"]
+                if raw is None:
+                    raise ValueError(f"jpg_{k} is missing")
+                try:
+                    image = imgs.decode_checked(raw, limits.max_image_bytes, limits.max_image_side)
+                except ValueError as e:
+                    raise ValueError(f"jpg_{k}: {e}") from None
+                digest = imgs.sha256(bytes(raw))
+                if by_uid.get(uid, digest) != digest:
+                    raise ValueError(f"image uid {uid!r} names two different images in this file")
+                known = samples.get(digest)
+                if known is not None and known["prompt"] != caption:
+                    raise ValueError("the same image appears under two captions")
+                m = meta["samples"].get(uid, {})
+                images.append((uid, digest, {
+                    "data": bytes(raw), "prompt": caption, "size": image.size, "generator": _model(r[f"model_{k}"]),
+                    "seed": m.get("seed"), "steps": m.get("steps"), "guidance": m.get("guidance"),
+                    "created_at": created, "source_uid": uid, "ref": f"row {i}"}))
+        except ValueError as e:
+            if strict:
+                raise ValueError(f"row {i}: {e}") from None
+            bad.append({"row": i, "error": str(e)})
+            continue
+        for uid, digest, record in images:
+            by_uid.setdefault(uid, digest)
+            samples.setdefault(digest, record)
+        if images[0][1] == images[1][1]:
+            skipped += 1
+            continue
+        cid = meta["client_ids"][i] if meta["client_ids"] else "import:" + hashlib.sha256(json.dumps(
+            [caption, r["image_0_uid"], r["image_1_uid"], rater, created, choice]).encode()).hexdigest()[:40]
+        parsed.append({"row": i, "uids": (images[0][0], images[1][0]), "digests": (images[0][1], images[1][1]),
+                       "prompt": caption, "choice": choice, "rater": rater, "client_id": cid, "created_at": created})
 
-
-def _insert_sample(store: FeedbackStore, db, sid: str, s: dict, report: dict) -> None:
-    existing = db.execute("SELECT p.text FROM samples s JOIN prompts p ON p.id = s.prompt_id WHERE s.id = ?",
-                          [sid]).fetchone()
-    if existing is not None and existing[0] != s["prompt"]:
-        raise ValueError(f"image {sid[:12]}… is already stored under another prompt ({existing[0]!r})")
-    added = store._insert_sample(db, sid, s["prompt"], s["size"], s["seed"], s["steps"], s["guidance"],
-                                 s["generator"], s["created_at"])
-    report["samples_added" if added else "samples_existing"] += 1
+    # a uid that is already a stored sample (ours, or one imported under it) means that sample: re-imports of
+    # our own exports, whose images are JPEG re-encodings of the stored PNGs, add no second copy
+    stored = store.samples_by_uid(list(by_uid))
+    stored_prompts = {sid: store.get_sample(sid)["prompt"] for sid in set(stored.values())}
+    comparisons = []
+    for p in parsed:
+        ids = [stored.get(uid, digest) for uid, digest in zip(p["uids"], p["digests"])]
+        clash = [uid for uid, sid in zip(p["uids"], ids) if stored_prompts.get(sid, p["prompt"]) != p["prompt"]]
+        if clash:
+            msg = f"image uid {clash[0]!r} is stored under another prompt ({stored_prompts[stored[clash[0]]][:80]!r})"
+            if strict:
+                raise ValueError(f"row {p['row']}: {msg}")
+            bad.append({"row": p["row"], "error": msg})
+            continue
+        comparisons.append({"a": ids[0], "b": ids[1], "choice": p["choice"], "rater": p["rater"],
+                            "client_id": p["client_id"], "created_at": p["created_at"], "ref": f"row {p['row']}"})
+    used = {sid for c in comparisons for sid in (c["a"], c["b"])}
+    new = [s for d, s in samples.items() if d in used]  # images of valid rows that are not stored samples already
+    for s in new:
+        if s["source_uid"] == imgs.sha256(s["data"]):
+            s["source_uid"] = None  # the uid is the id itself: nothing to remember
+    result = store.import_records(new, comparisons, strict=strict)
+    for e in result["errors"]:
+        if e["kind"] == "comparison":  # a refused sample shows up in the comparisons that name it
+            bad.append({"row": int(e["ref"].split()[-1]), "error": e["error"]})
+    bad.sort(key=lambda b: b["row"])
+    return {"rows": n, "rows_rejected": len(bad), "skipped_identical": skipped,
+            **{k: v for k, v in result.items() if k != "errors"}, "bad_rows": bad[:MAX_REPORTED]}

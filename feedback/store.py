@@ -25,6 +25,7 @@ from sqlite_utils import Database
 
 from . import identity
 from . import images as imgs
+from .checks import MAX_CLIENT_ID, MAX_NAME, MAX_PROMPT, check_name, check_prompt  # noqa: F401 (re-exported)
 from .pairs import PairPolicy, Uncertainty, candidate_pairs, choose_pair, pair_key
 
 CHOICES = ("a", "b", "tie", "skip")
@@ -33,35 +34,12 @@ ROUND_FIELDS = ("status", "config", "reward_model_version", "lora_path", "metric
                 "verdict", "verdict_reason")
 # a finished ("done") round is a candidate until people's A/B votes (or an admin) promote or reject it
 VERDICTS = ("candidate", "promoted", "rejected")
-MAX_NAME = 100  # longest rater name / generator name
-MAX_CLIENT_ID = 200  # longest client-supplied submission id
-MAX_PROMPT = 2000  # longest prompt in characters
 MAX_SEED = 2**63  # seeds are stored as SQLite INTEGER (signed 64-bit): 0 <= seed < 2**63
 
 
 def now() -> str:
     """UTC timestamp in ISO 8601 with microseconds (sorts as text)."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def check_name(value, what: str, max_len: int = MAX_NAME) -> str:
-    """A non-empty printable name of at most `max_len` characters, stripped; ValueError otherwise."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    value = value.strip()
-    if len(value) > max_len or not value.isprintable():
-        raise ValueError(f"{what} must be printable and at most {max_len} characters, got {value[:120]!r}")
-    return value
-
-
-def check_prompt(value, what: str = "prompt") -> str:
-    """Like `check_name`, but newlines and tabs are allowed (real captions have them); at most MAX_PROMPT long."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    value = value.strip()
-    if len(value) > MAX_PROMPT or not all(c.isprintable() or c in "\n\t\r" for c in value):
-        raise ValueError(f"{what} must be printable text of at most {MAX_PROMPT} characters, got {value[:120]!r}")
-    return value
 
 
 def check_seed(seed) -> int:
@@ -123,9 +101,15 @@ def _m0004_rater_tokens(db: Database) -> None:
     db.execute("CREATE INDEX samples_created ON samples(created_at)")
 
 
+def _m0005_sample_source_uid(db: Database) -> None:
+    # an imported image keeps the uid its source file gave it (e.g. Pick-a-Pic's), so exports can be joined back
+    db.execute("ALTER TABLE samples ADD COLUMN source_uid TEXT")
+    db.execute("CREATE INDEX samples_source_uid ON samples(source_uid)")
+
+
 MIGRATIONS: dict[str, Callable[[Database], None]] = {  # applied in order, once
     "0001_initial": _m0001_initial, "0003_round_verdicts": _m0003_round_verdicts,
-    "0004_rater_tokens": _m0004_rater_tokens}
+    "0004_rater_tokens": _m0004_rater_tokens, "0005_sample_source_uid": _m0005_sample_source_uid}
 
 
 # ---------------------------------------------------------------- store
@@ -236,7 +220,7 @@ class FeedbackStore:
         return sid
 
     _SAMPLE_SQL = ("SELECT s.id, p.text AS prompt, s.prompt_id, s.seed, s.steps, s.guidance, s.generator,"
-                   " s.width, s.height, s.created_at FROM samples s JOIN prompts p ON p.id = s.prompt_id")
+                   " s.width, s.height, s.created_at, s.source_uid FROM samples s JOIN prompts p ON p.id = s.prompt_id")
 
     def get_sample(self, sample_id: str) -> dict:
         rows = list(self._db().query(self._SAMPLE_SQL + " WHERE s.id = ?", [sample_id]))
@@ -558,7 +542,8 @@ class FeedbackStore:
                 db.execute("DELETE FROM prompts WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.prompt_id = prompts.id)"
                            " AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.prompt_id = prompts.id)")
         for sid in gone:  # after the commit: a crash here leaves files without rows, never rows without files
-            self.image_path(sid).unlink(missing_ok=True)
+            for f in (self.images_dir / sid[:2]).glob(f"{sid}.*"):  # whatever format it was stored in
+                f.unlink(missing_ok=True)
         return {"deleted": len(gone), "unrated": total - len(gone)}
 
     def delete_orphan_images(self, min_age_s: float = 3600.0) -> int:
@@ -566,7 +551,7 @@ class FeedbackStore:
         cutoff = datetime.now(timezone.utc).timestamp() - min_age_s
         n = 0
         with self._write() as db:
-            for f in self.images_dir.glob("*/*.png"):
+            for f in imgs.image_files(self.images_dir):
                 if f.stat().st_mtime < cutoff and db.execute("SELECT 1 FROM samples WHERE id = ?",
                                                             [f.stem]).fetchone() is None:
                     f.unlink(missing_ok=True)
@@ -621,6 +606,101 @@ class FeedbackStore:
             old.unlink(missing_ok=True)
         return path
 
+    # -- bulk import (parquet.py reads and validates files; this writes)
+
+    def samples_by_uid(self, uids) -> dict[str, str]:
+        """{uid: sample id} for each uid that is a stored sample's id or the source uid it was imported under."""
+        out: dict[str, str] = {}
+        uids = list(dict.fromkeys(uids))
+        for i in range(0, len(uids), 400):
+            chunk = uids[i:i + 400]
+            marks = ",".join("?" * len(chunk))
+            for sid, uid in self._db().execute(f"SELECT id, source_uid FROM samples WHERE source_uid IN ({marks})"
+                                               f" ORDER BY created_at, id", chunk):
+                out.setdefault(uid, sid)
+            for (sid,) in self._db().execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk):
+                out[sid] = sid
+        return out
+
+    def import_records(self, samples: list[dict], comparisons: list[dict], strict: bool = True) -> dict:
+        """Add imported samples and comparisons in one transaction: image files first, then rows.
+
+        samples: {"data": PNG or JPEG bytes (stored as given; the id is their sha256), "prompt", "size": (w, h),
+                  "seed", "steps", "guidance" (or None), "generator", "created_at" (ISO 8601 or None),
+                  "source_uid" (or None)}
+        comparisons: {"a", "b" (sample ids), "choice", "rater", "client_id", "created_at"}
+        Each record may carry "ref" (e.g. "row 12"), which names it in errors.
+        strict: the first bad record raises ValueError and nothing changes. Otherwise a bad record is left
+        out (its rows and new files undone) and listed in "errors" as {"kind", "index", "ref", "error"}.
+        Returns counts: samples_added, samples_existing, comparisons_added, comparisons_existing, and errors.
+        """
+        report = {"samples_added": 0, "samples_existing": 0, "comparisons_added": 0, "comparisons_existing": 0,
+                  "errors": []}
+        refused: dict[str, str] = {}  # sample id -> why, for the comparisons that name it
+        written: list[Path] = []
+
+        def attempt(db: Database, kind: str, index: int, record: dict, fn) -> None:
+            db.execute("SAVEPOINT record")
+            try:
+                fn(db, record)
+                db.execute("RELEASE record")
+            except ValueError as e:
+                db.execute("ROLLBACK TO record")
+                db.execute("RELEASE record")
+                ref = record.get("ref") or f"{kind} {index}"
+                if strict:
+                    raise ValueError(f"{ref}: {e}") from None
+                report["errors"].append({"kind": kind, "index": index, "ref": ref, "error": str(e)})
+
+        def add_sample(db: Database, s: dict) -> None:
+            data, sid = bytes(s["data"]), imgs.sha256(bytes(s["data"]))
+            try:
+                fmt = imgs.image_format(data)
+                prompt = check_prompt(s["prompt"], "caption")
+                generator = check_name(s["generator"], "generator")
+                if s.get("seed") is not None:
+                    check_seed(s["seed"])
+                uid = s.get("source_uid")
+                if uid is not None:
+                    check_name(uid, "source uid", 128)
+                row = db.execute("SELECT p.text FROM samples s JOIN prompts p ON p.id = s.prompt_id WHERE s.id = ?",
+                                 [sid]).fetchone()
+                if row is not None and row[0] != prompt:
+                    raise ValueError(f"image {sid[:12]}… is already stored under another prompt ({row[0][:80]!r})")
+            except ValueError as e:
+                refused[sid] = str(e)
+                raise
+            added = self._insert_sample(db, sid, prompt, tuple(s["size"]), s.get("seed"), s.get("steps"),
+                                        s.get("guidance"), generator, s.get("created_at"))
+            if added:  # the row is invisible until the commit; a failed commit removes the file again
+                db.execute("UPDATE samples SET source_uid = ? WHERE id = ?", [uid, sid])
+                path = imgs.image_path(self.images_dir, sid, fmt)
+                if imgs.write_atomic(path, data):
+                    written.append(path)
+            report["samples_added" if added else "samples_existing"] += 1
+
+        def add_comparison(db: Database, c: dict) -> None:
+            for sid in (c["a"], c["b"]):
+                if sid in refused:
+                    raise ValueError(f"its image {sid[:12]}… was refused: {refused[sid]}")
+            if c["choice"] not in CHOICES:
+                raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {c['choice']!r}")
+            row = self._insert_comparison(db, c["a"], c["b"], c["choice"], check_name(c["rater"], "rater"),
+                                          check_name(c["client_id"], "client_id", MAX_CLIENT_ID), c.get("created_at"))
+            report["comparisons_added" if row["created"] else "comparisons_existing"] += 1
+
+        try:
+            with self._write() as db:
+                for i, s in enumerate(samples):
+                    attempt(db, "sample", i, s, add_sample)
+                for j, c in enumerate(comparisons):
+                    attempt(db, "comparison", j, c, add_comparison)
+        except BaseException:
+            for p in written:  # content-addressed files this call wrote: no row names them now
+                p.unlink(missing_ok=True)
+            raise
+        return report
+
     # -- exchange and durability (see parquet.py and backup.py)
 
     def export_parquet(self, path: str | Path, include_skips: bool = False) -> Path:
@@ -628,10 +708,10 @@ class FeedbackStore:
 
         return export_parquet(self, path, include_skips=include_skips)
 
-    def import_parquet(self, path: str | Path) -> dict:
+    def import_parquet(self, path: str | Path, strict: bool = False) -> dict:
         from .parquet import import_parquet
 
-        return import_parquet(self, path)
+        return import_parquet(self, path, strict=strict)
 
     def snapshot(self, backup_dir: str | Path, repo_id: str | None = None, token: str | None = None) -> Path:
         from .backup import snapshot
