@@ -162,7 +162,10 @@ class Studio:
         if self.generator.candidate and not force:
             raise ValueError(f"{self.generator.candidate} is still waiting for people's votes; "
                              "promote or reject it first")
-        rm, metrics, _, _ = self.rounds.fit_reward_model()
+        try:
+            rm, metrics, _, _ = self.rounds.fit_reward_model()
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ValueError(f"cannot fit the reward model: {e}") from None
         if not metrics.get("better_than_chance", True) and not force:
             raise ValueError(f"the reward model is no better than chance ({views.accuracy_text(metrics)}): a "
                              "round would learn noise. Rate more pairs, or start anyway")

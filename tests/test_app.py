@@ -74,8 +74,8 @@ def test_malformed_upload_is_refused(app, tmp_path):
 
 
 @pytest.mark.parametrize("endpoint, args", [
-    ("/start_round", ()), ("/cancel_round", ()), ("/activate", ("base",)),
-    ("/save_settings", (3, 5.0, 2, 0, 0.1, 0.0)), ("/fit_reward_model", ()),
+    ("/start_round", (True,)), ("/cancel_round", ()), ("/reject_candidate", ()), ("/activate", ("base",)),
+    ("/save_settings", (3, 5.0, 2, 0, 0.1, 0.0, 0.5)), ("/fit_reward_model", ()),
 ])
 def test_admin_endpoints_refuse_non_admins(app, endpoint, args):
     studio, client = app
@@ -85,27 +85,50 @@ def test_admin_endpoints_refuse_non_admins(app, endpoint, args):
     assert len(studio.store.rounds()) == rounds and studio.settings.steps == steps
 
 
-def test_round_runs_and_the_served_model_changes(app):
+def test_round_becomes_a_candidate_and_people_promote_it(app):
     studio, client = app
     label_pairs(client, 24)
     seed_images = studio.generator.generate(["a red circle on a blue background"], [123])[0][0]
-    assert client.predict(PASSWORD, api_name="/start_round").startswith("round")
+    assert client.predict(PASSWORD, True, api_name="/start_round").startswith("round")
     deadline = time.time() + 600
     while time.time() < deadline:
         st = client.predict(api_name="/status")
         if st["round"].get("state") in ("done", "failed", "cancelled"):
             break
         time.sleep(1)
-    assert st["round"]["state"] == "done", st["round"]
-    assert st["version"].startswith("round-")
+    assert st["round"]["state"] == "done" and st["round"]["verdict"] == "candidate", st["round"]
+    cand = st["candidate"]
+    assert cand.startswith("round-") and st["version"] == "base"  # finished is not served
+    row = studio.store.rounds()[-1]
+    assert row["status"] == "done" and row["verdict"] == "candidate" and row["metrics"]["reward_after"] is not None
+    assert row["config"]["init_version"] == "base"
+    # people prefer the candidate in A/B pairs (voted through the API, as a browser would)
+    from PIL import Image
+
+    for i in range(60):
+        if client.predict(api_name="/status")["candidate"] is None:
+            break
+        p = client.predict(api_name="/next_pair")
+        gens = [studio.store.get_sample(p[k])["generator"] for k in ("a", "b")]
+        if cand not in gens:  # an ordinary pair: vote with the usual taste
+            from feedback.raters import warm_colours
+
+            a, b = (Image.open(studio.store.image_path(p[k])) for k in ("a", "b"))
+            choice = warm_colours(a, b, p["prompt"])
+        else:
+            choice = "a" if gens[0] == cand else "b"
+        client.predict("sim", p["a"], p["b"], choice, p["client_id"], api_name="/vote")
+    st = client.predict(api_name="/status")
+    assert st["version"] == cand and st["candidate"] is None
     after = studio.generator.generate(["a red circle on a blue background"], [123])[0][0]
     import numpy as np
 
     assert not np.array_equal(np.asarray(seed_images), np.asarray(after))  # the served LoRA changed the model
-    row = studio.store.rounds()[-1]
-    assert row["status"] == "done" and row["metrics"]["reward_after"] is not None
-    _, table = client.predict(api_name="/compare")
-    assert [r[0] for r in table["data"]] == ["base", st["version"]]
-    # any version can be made active again
+    board, _, table = client.predict(api_name="/compare")
+    assert [r[0] for r in table["data"]] == ["base", cand]
+    served = [r for r in board["data"] if r[0] == cand][0]
+    assert served[1] == "served" and served[2] >= 6
+    # any version can be made active again (a rollback), even one created after launch
     assert "base" in client.predict(PASSWORD, "base", api_name="/activate")
     assert studio.generator.version == "base"
+    assert cand in client.predict(PASSWORD, cand, api_name="/activate")

@@ -22,7 +22,7 @@ def page(tmp_path_factory):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    studio, demo = launch_studio(tmp_path_factory.mktemp("browser-studio"))
+    studio, demo = launch_studio(tmp_path_factory.mktemp("browser-studio"), ab_fraction=0.75)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
@@ -75,6 +75,7 @@ def test_round_as_admin_with_live_progress_and_compare(page):
     pg, studio = page
     pg.fill("#admin-pw input", PASSWORD)
     tab(pg, "Train")
+    pg.check("#force-round input")  # 12 labels: the reward model may not beat chance yet; start anyway
     pg.click("#btn-start-round")
     assert wait_until(lambda: "training" in pg.locator("#train-status").inner_text(), 120)
     assert wait_until(lambda: "epoch 1/" in pg.locator("#train-status").inner_text()
@@ -83,11 +84,30 @@ def test_round_as_admin_with_live_progress_and_compare(page):
     assert wait_until(lambda: pg.locator("#reward-curve img, #reward-curve canvas, #reward-curve svg").count() > 0, 60)
     assert wait_until(lambda: "done" in pg.locator("#train-status").inner_text(), 600)
     pg.screenshot(path=str(ARTIFACTS / "tab-train-done.png"), full_page=True)
-    assert studio.generator.version.startswith("round-")
+    cand = studio.generator.candidate
+    assert cand and cand.startswith("round-") and studio.generator.version == "base"  # on trial, not served
+    assert wait_until(lambda: "on trial" in pg.locator("#train-status").inner_text(), 10)
+    # while the candidate is pending, the Rate tab mixes in A/B pairs: candidate vs served, same prompt and seed
+    tab(pg, "Rate")
+    pg.locator("#pair-prompt").click()
+    for i in range(8):
+        src = pg.locator("#img-left img").get_attribute("src")
+        pg.keyboard.press("1")
+        assert wait_until(lambda: pg.locator("#img-left img").get_attribute("src") != src, 30), f"vote {i}"
+    rows = [r for r in studio.store.comparisons() if r["rater"] == "keyboard-kim"]
+    ab = [r for r in rows if cand in (r["generator_a"], r["generator_b"])]
+    assert ab, "no A/B pair was shown while a candidate was pending"
+    for r in ab:
+        a, b = studio.store.get_sample(r["sample_a"]), studio.store.get_sample(r["sample_b"])
+        assert a["prompt"] == b["prompt"] and a["seed"] == b["seed"]
+    # the leaderboard counts those votes
     tab(pg, "Compare")
     pg.click("#btn-compare")
+    assert wait_until(lambda: cand in pg.locator("#leaderboard").inner_text(), 60)
+    votes = {r["version"]: r["votes"] for r in studio.leaderboard()}
+    assert votes[cand] >= len(ab)
     assert wait_until(lambda: pg.locator("#compare-gallery img").count() >= 2 * studio.settings.compare_prompts, 60)
-    assert "round-" in pg.locator("#compare-table").inner_text()
+    assert cand in pg.locator("#compare-table").inner_text()
     pg.screenshot(path=str(ARTIFACTS / "tab-compare.png"), full_page=True)
     for name, shot in (("Reward model", "tab-reward-model"), ("Data", "tab-data"), ("Settings", "tab-settings")):
         tab(pg, name)

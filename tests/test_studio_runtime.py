@@ -65,11 +65,16 @@ def test_too_few_labels_refuse_a_round(tmp_path):
 def test_failed_round_is_marked_and_serving_goes_on(tmp_path):
     studio = make_studio(tmp_path)
     label(studio, 10)
-    studio.settings.clip = str(tmp_path / "no-such-clip")  # the reward-model fit will fail
     before = studio.generator.generate(["a red circle"], [5])[0][0]
-    studio.start_round("admin")
+    studio.settings.clip = str(tmp_path / "no-such-clip")  # the reward-model fit fails before any round exists
+    with pytest.raises(ValueError, match="(?i)clip"):
+        studio.start_round("admin", force=True)
+    assert studio.store.rounds() == []
+    studio.settings.clip = str(MODELS / "toy-clip")
+    studio.settings.model = str(tmp_path / "no-such-model")  # the round's trainer fails to load its model
+    studio.start_round("admin", force=True)
     p = wait_round(studio)
-    assert p["state"] == "failed" and "clip" in p["error"].lower()
+    assert p["state"] == "failed" and "no-such-model" in p["error"]
     row = studio.store.rounds()[-1]
     assert row["status"] == "failed" and row["error"]
     assert studio.generator.version == "base"
@@ -86,18 +91,23 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     assert studio.settings.alignment_guard == 0.2 and studio.settings.round_epochs == 2  # nothing changed
     assert studio.update_settings(4, 8.0, 2, 0, alignment_guard=0.05, kl_coef=0.01)["kl_coef"] == 0.01
     studio.settings.kl_units = "x0"
-    studio.start_round("admin")  # the round runs with the guard and the KL anchor
-    assert wait_round(studio)["state"] == "done"
+    studio.start_round("admin", force=True)  # the round runs with the guard and the KL anchor
+    p = wait_round(studio)
+    assert p["state"] == "done" and p["verdict"] == "candidate", p
+    assert studio.generator.version == "base" and studio.generator.candidate == "round-1"
+    studio.activate("round-1", by="admin")  # an admin's forced promotion
+    assert studio.store.get_round(1)["verdict"] == "promoted"
     log = (tmp_path / "rounds" / "1" / "log.jsonl").read_text()
     assert '"kl_to_base"' in log
     assert json.loads((tmp_path / "rounds" / "1" / "config.json").read_text())["kl_units"] == "x0"
-    version = studio.generator.version
+    version, rm_version = studio.generator.version, studio.rounds.reward_model.version
     served = np.asarray(studio.generator.generate(["a blue star"], [9])[0][0])
     counts = studio.store.counts()
     studio.close()
     again = make_studio(tmp_path)  # a restart on the same data directory
     assert again.store.counts()["labelled"] == counts["labelled"]
     assert again.generator.version == version == "round-1"
+    assert again.rounds.reward_model is not None and again.rounds.reward_model.version == rm_version
     assert np.array_equal(served, np.asarray(again.generator.generate(["a blue star"], [9])[0][0]))
     assert [r["version"] for r in again.compare()] == ["base", "round-1"]
     again.close()

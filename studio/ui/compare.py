@@ -4,6 +4,7 @@ held-out prompts rendered by every version."""
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 
 from studio import views
 
@@ -16,7 +17,7 @@ def build(studio) -> None:
         gallery = [(img, f"{r['version']} · {p}") for r in rows for img, p in zip(r["images"], r["prompts"])]
         scores = [{"version": r["version"], "reward-model score": "–" if r.get("reward") is None else f"{r['reward']:.2f}",
                    "toy prompt fidelity": views.pct(r.get("fidelity"), 1)} for r in rows]
-        return views.leaderboard_rows(studio.leaderboard()), gallery, scores
+        return pd.DataFrame(views.leaderboard_rows(studio.leaderboard())), gallery, pd.DataFrame(scores)
 
     gr.Markdown("**Leaderboard**: Bradley–Terry strengths fitted to people's votes between versions (A/B pairs "
                 "and cross-version pairs), shown as the win rate against the base with a 90% interval, beside the "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 
 from .common import user_errors
 
 
 def build(studio, password: gr.Textbox, admin) -> None:
     def view():
-        return studio.store.counts(), studio.store.rater_stats()
+        return studio.store.counts(), pd.DataFrame(studio.store.rater_stats())
 
     def upload(password_: str, file, profile: gr.OAuthProfile | None = None):
         admin(password_, profile)

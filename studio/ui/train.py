@@ -4,6 +4,7 @@ round history, and which version is served (promote or roll back)."""
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 
 from rlcm.plot import reward_figure
 
@@ -39,7 +40,7 @@ def build(studio, password: gr.Textbox, admin) -> gr.Timer:
         # keep the admin's selection: the timer must not reset the picker while someone is choosing
         picker = gr.update(choices=choices, value=selected if selected in choices else studio.generator.version)
         fig = reward_figure(rows, CURVE, (7, 2.8)) if len(rows) != drawn else gr.skip()
-        return text, fig, history, picker, len(rows)
+        return text, fig, pd.DataFrame(history), picker, len(rows)
 
     with gr.Row():
         b_start = gr.Button("Start fine-tune round", variant="primary", elem_id="btn-start-round")
