@@ -1,0 +1,91 @@
+"""Next-pair latency in a real browser while a round trains: key press -> the new left image is on screen.
+
+    python bench/rate_latency.py                 # ~3 min: writes the "Rate tab latency" section of RESULTS.md
+    python bench/rate_latency.py --votes 10 --quick
+
+Launches the app (studio.ui.build_app on the toy models, default settings but auto rounds off), labels 16 pairs
+through the API, starts a round as admin, and while it trains presses 1 in Debian's chromium (Playwright),
+timing each vote from the key press to the moment the new left image has loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from results import results_path, update_section  # noqa: E402
+
+WAIT_NEW_IMAGE = """(old) => { const im = document.querySelector('#img-left img');
+  return im && im.getAttribute('src') !== old && im.complete && im.naturalWidth > 0; }"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--votes", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="no bench/RESULTS.md")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    from feedback.raters import warm_colours
+    from studio.runtime import Studio
+    from studio.settings import StudioSettings
+    from studio.ui import build_app, launch_kwargs
+
+    password = uuid.uuid4().hex
+    studio = Studio(StudioSettings(data_dir=Path(tempfile.mkdtemp(prefix="latency-")), admin_password=password,
+                                   snapshot_every_s=0, auto_round_every=0))
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    from PIL import Image
+
+    for i in range(16):
+        p = studio.next_pair()
+        studio.vote("warm", p["a"], p["b"], warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"]),
+                    f"warm-{i}")
+    studio.start_round(by="bench", force=True)
+    times = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                     args=["--no-sandbox", "--disable-gpu"])
+        pg = browser.new_page()
+        pg.goto(demo.local_url)
+        pg.wait_for_selector("#img-left img")
+        pg.fill("#rater-name input, #rater-name textarea", "latency")
+        pg.locator("#pair-prompt").click()
+        while studio.rounds.snapshot().get("state") != "training":
+            time.sleep(0.2)
+        for _ in range(args.votes):
+            old = pg.locator("#img-left img").get_attribute("src")
+            t = time.perf_counter()
+            pg.keyboard.press("1")
+            pg.wait_for_function(WAIT_NEW_IMAGE, arg=old, timeout=30_000)
+            times.append(time.perf_counter() - t)
+            if not studio.rounds.running:
+                break
+        state = studio.rounds.snapshot().get("state")
+        browser.close()
+    studio.rounds.cancel()
+    studio.close()
+    demo.close()
+    ms = 1000 * np.array(times)
+    md = (f"Key press -> new left image loaded, in Debian's chromium against `python app.py`'s app on the toy models, "
+          f"while a fine-tune round trains in the same process (round state at the end: {state}).\n\n"
+          "| votes | median | p90 | max |\n|---|---|---|---|\n"
+          f"| {len(ms)} | {np.median(ms):.0f} ms | {np.percentile(ms, 90):.0f} ms | {ms.max():.0f} ms |")
+    print(md)
+    print(f"wrote {update_section('Rate tab latency while a round trains (browser)', md, results_path(args.quick))}")
+
+
+if __name__ == "__main__":
+    main()
