@@ -2,8 +2,8 @@
 
 `cache_repo` lays files out as `huggingface_hub` caches a download (`<type>s--org--name/refs/main` naming a
 commit, `snapshots/<commit>/<files>`), so `hf_hub_download` / `snapshot_download` / open_clip's `hf-hub:`
-loading find them with HF_HUB_OFFLINE=1. `FakeHfApi` accepts `create_repo`, `upload_folder` and
-`upload_file` as the real client does, refuses what the Hub refuses (an upload to a repo never created, or
+loading find them with HF_HUB_OFFLINE=1. `FakeHfApi` accepts `create_repo`, `upload_folder`,
+`upload_file` and `create_commit` (additions) as the real client does, refuses what the Hub refuses (an upload to a repo never created, or
 created as another type), and publishes each commit into such a cache, so a push can be loaded back.
 """
 
@@ -110,3 +110,15 @@ class FakeHfApi:
         repo_type = self._check(repo_id, repo_type)
         data = path_or_fileobj if isinstance(path_or_fileobj, bytes) else Path(path_or_fileobj).read_bytes()
         return self._commit(repo_id, repo_type, {path_in_repo: data}, commit_message)
+
+    def create_commit(self, *, repo_id: str, operations, commit_message: str = "", repo_type: str | None = None, **_):
+        from huggingface_hub import CommitOperationAdd
+
+        repo_type = self._check(repo_id, repo_type)
+        files = {}
+        for op in operations:
+            if not isinstance(op, CommitOperationAdd):
+                raise ValueError(f"this fake only adds files, got {type(op).__name__}")
+            src = op.path_or_fileobj
+            files[op.path_in_repo] = src if isinstance(src, bytes) else Path(src).read_bytes()
+        return self._commit(repo_id, repo_type, files, commit_message)
