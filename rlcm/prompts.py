@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .paths import prompts_dir
 from .toy import world
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
+PROMPT_DIR = prompts_dir()  # the checkout's data/prompts, or the installed package's copy
 PROMPT_SETS = ("toy", "simple_animals", "imagenet_animals")
 
 
