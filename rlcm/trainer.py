@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -333,33 +334,48 @@ class RLCMTrainer:
                                     directory)
 
     def save_checkpoint(self) -> None:
+        """Write `output_dir/checkpoint/` (adapter, optimiser and loop state, the run's config) via a swap.
+
+        A crash at any point leaves a complete `checkpoint` or a complete `checkpoint.old` that the next
+        start puts back (`settle_checkpoint`); leftovers of an earlier crash are cleared first.
+        """
         from safetensors.torch import save_file
 
         if not self.accelerator.is_main_process:
             return
-        ck = Path(self.cfg.output_dir) / "checkpoint"
-        tmp = ck.with_name("checkpoint.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        out = Path(self.cfg.output_dir)
+        settle_checkpoint(out)
+        ck, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
+        tmp.mkdir(parents=True)
         state = lora_utils.lora_state(self.accelerator.unwrap_model(self.unet))
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / "adapter.safetensors")
         torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "stats": self.stats.state_dict(),
                     "history": self.history, "reward_queries": self.reward_queries,
                     "train_seconds": self.train_seconds}, tmp / "trainer_state.pt")
-        if ck.exists():  # swap atomically enough: a crash leaves either the old or the new checkpoint
-            old = ck.with_name("checkpoint.old")
+        (tmp / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        if ck.exists():
             ck.rename(old)
             tmp.rename(ck)
-            import shutil
-
             shutil.rmtree(old)
         else:
             tmp.rename(ck)
 
     def resume(self) -> bool:
+        """Load the latest checkpoint of `output_dir`, if any; the log is cut back to the checkpoint's epochs.
+
+        Epochs run after the checkpoint (lost in a crash) are run again, so log.jsonl is rewritten from the
+        checkpoint's history: no epoch appears twice. The trainer keeps the config it was built with; to
+        continue a run with the config it started with, build it from `resume_config(cfg)`.
+        """
         from safetensors.torch import load_file
 
-        ck = Path(self.cfg.output_dir) / "checkpoint"
-        if not (ck / "trainer_state.pt").exists():
+        out = Path(self.cfg.output_dir)
+        if self.accelerator.is_main_process:
+            settle_checkpoint(out)
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+        ck = out / "checkpoint"
+        if not _complete(ck):
             return False
         lora_utils.load_lora_into(self.accelerator.unwrap_model(self.unet), load_file(ck / "adapter.safetensors"))
         state = torch.load(ck / "trainer_state.pt", weights_only=False, map_location="cpu")
@@ -367,8 +383,54 @@ class RLCMTrainer:
         self.stats.load_state_dict(state["stats"])
         self.epoch, self.history = state["epoch"], state["history"]
         self.reward_queries, self.train_seconds = state["reward_queries"], state["train_seconds"]
+        if self.accelerator.is_main_process:
+            log = out / "log.jsonl"
+            tmp = log.with_name("log.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+            tmp.replace(log)
         self.emit({"type": "resumed", "epoch": self.epoch})
         return True
+
+
+def _complete(ck: Path) -> bool:
+    return (ck / "trainer_state.pt").is_file() and (ck / "adapter.safetensors").is_file()
+
+
+def settle_checkpoint(output_dir: str | Path) -> None:
+    """Tidy what a crash during `save_checkpoint` left: `checkpoint.old` back in place if `checkpoint` is
+    missing or incomplete, then stale `checkpoint.old` / `checkpoint.tmp` removed (a tmp is never trusted)."""
+    out = Path(output_dir)
+    ck, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
+    if not _complete(ck) and _complete(old):
+        shutil.rmtree(ck, ignore_errors=True)
+        old.rename(ck)
+    for stale in (old, tmp):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+# where a run happens, which may change between a crash and its resume; everything else belongs to the run
+_PLACE_FIELDS = ("output_dir", "device", "mixed_precision")
+
+
+def resume_config(cfg: RLCMConfig) -> RLCMConfig:
+    """The config of the run checkpointed in `cfg.output_dir` (epochs, lr, prompts ...), or `cfg` without one.
+
+    Only where it runs (output dir, device, precision) comes from `cfg`: a resumed run ends where it was
+    meant to, whatever the caller's settings are now. Checkpoints older than this read the run's config.json.
+    """
+    out = Path(cfg.output_dir)
+    settle_checkpoint(out)
+    if not _complete(out / "checkpoint"):
+        return cfg
+    for path in (out / "checkpoint" / "config.json", out / "config.json"):
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            break
+    else:
+        return cfg
+    known = {f.name for f in fields(RLCMConfig)}
+    kept = {k: v for k, v in saved.items() if k in known and k not in _PLACE_FIELDS}
+    return RLCMConfig(**{**asdict(cfg), **kept})
 
 
 def config_from_args(preset: str = "toy", **overrides) -> RLCMConfig:
