@@ -14,6 +14,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -185,22 +186,78 @@ def push_to_hub(directory: str | Path, repo_id: str, token: str | None = None, p
 
 # ---------------------------------------------------------------- reading
 
+MAX_MEMBERS = 16  # an export holds 3 files; a zip naming more is not one
+MAX_TOTAL = 256 << 20  # declared bytes of all members together (a head is a few MB)
+
+
+def _zip_entries(path: Path) -> int:
+    """The entry count in the end-of-central-directory record, read before zipfile parses every entry."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - (22 + 65535)))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        raise ValueError(f"{path.name} is not a readable zip (no end-of-central-directory record)")
+    return int.from_bytes(tail[at + 10:at + 12], "little")  # 0xFFFF: a ZIP64 archive, far too many for us
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
+    """A member's bytes, read in chunks and refused as soon as it outgrows its declared size."""
+    out = bytearray()
+    with z.open(info) as f:
+        while chunk := f.read(1 << 20):
+            out += chunk
+            if len(out) > info.file_size:
+                raise ValueError(f"{name} in the zip is larger than it declares ({info.file_size} bytes)")
+    return bytes(out)
+
+
 def _read(path: Path) -> tuple[dict, bytes]:
+    """config.json (parsed) and model.safetensors (bytes) from an export directory or zip.
+
+    Sizes are checked before anything is read: a zip's entry count, each member's declared size against
+    `MAX_BYTES` and `MAX_TOTAL`, their sum; reading stops at a member's declared size (a zip bomb lies).
+    """
     if path.is_dir():
         missing = [f for f in ("config.json", "model.safetensors") if not (path / f).is_file()]
         if missing:
             raise ValueError(f"{path} is not a reward model directory: missing {missing}")
+        for name, limit in MAX_BYTES.items():
+            if (path / name).stat().st_size > min(limit, MAX_TOTAL):
+                raise ValueError(f"{path.name}/{name} is {(path / name).stat().st_size} bytes; "
+                                 f"the limit is {min(limit, MAX_TOTAL)}")
         return json.loads((path / "config.json").read_text()), (path / "model.safetensors").read_bytes()
     if path.is_file() and zipfile.is_zipfile(path):
+        entries = _zip_entries(path)
+        if entries > MAX_MEMBERS:
+            raise ValueError(f"{path.name} holds {entries} entries; a reward model zip holds at most {MAX_MEMBERS}")
         with zipfile.ZipFile(path) as z:
-            infos = {i.filename: i for i in z.infolist()}
-            missing = [f for f in ("config.json", "model.safetensors") if f not in infos]
+            infos = z.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise ValueError(f"{path.name} holds {len(infos)} entries; at most {MAX_MEMBERS}")
+            by_name = {i.filename: i for i in infos}
+            missing = [f for f in ("config.json", "model.safetensors") if f not in by_name]
             if missing:
                 raise ValueError(f"{path} is not a reward model zip: missing {missing} at its top level")
-            for name, limit in MAX_BYTES.items():
-                if infos[name].file_size > limit:
-                    raise ValueError(f"{path}: {name} declares {infos[name].file_size} bytes; the limit is {limit}")
-            return json.loads(z.read("config.json")), z.read("model.safetensors")
+            total = sum(i.file_size for i in infos)
+            if total > MAX_TOTAL:
+                raise ValueError(f"{path.name} declares {total} bytes uncompressed; the limit is {MAX_TOTAL}")
+            for i in infos:
+                limit = min(MAX_BYTES.get(i.filename, MAX_TOTAL), MAX_TOTAL)
+                if i.file_size > limit:
+                    raise ValueError(f"{path.name}: {i.filename[:100]!r} declares {i.file_size} bytes; "
+                                     f"the limit is {limit}")
+            try:
+                raw = _read_member(z, by_name["config.json"], "config.json")
+                blob = _read_member(z, by_name["model.safetensors"], "model.safetensors")
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # torn, bad CRC, odd method
+                raise ValueError(f"{path.name} is a damaged zip: {e}") from None
+            try:
+                return json.loads(raw), blob
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"config.json in {path.name} is not JSON: {e}") from None
     raise ValueError(f"{path} is neither a reward model directory nor a zip of one, nor a Hub repo id")
 
 
@@ -211,8 +268,8 @@ def _fetch(repo_id: str, **hub) -> Path:
     try:
         return Path(snapshot_download(repo_id, repo_type="model", allow_patterns=list(FILES), **hub))
     except Exception as e:  # network, auth, missing repo, offline without a cached copy
-        raise ValueError(f"cannot fetch the reward model repo {repo_id!r} from the Hub: {type(e).__name__}: {e}") \
-            from None
+        raise ValueError(f"{repo_id!r} is no local directory or zip, and fetching it as a Hub repo failed: "
+                         f"{type(e).__name__}: {e}") from None
 
 
 def check_config(cfg: dict) -> ModelConfig:
