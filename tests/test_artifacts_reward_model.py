@@ -140,5 +140,5 @@ def test_push_then_load_by_repo_id_and_the_hub_mixin_keeps_the_same_files(fitted
     a, b = load_file(saved / "model.safetensors"), load_file(d / "model.safetensors")  # header order varies
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(rm.RewardModel.from_pretrained(saved).score(IMAGES, PROMPTS), want)
-    with pytest.raises(ValueError, match="cannot fetch the reward model repo 'me/absent'"):
+    with pytest.raises(ValueError, match="'me/absent' is no local directory or zip, and fetching it as a Hub repo"):
         rm.load("me/absent")
