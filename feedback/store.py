@@ -713,10 +713,11 @@ class FeedbackStore:
 
         return import_parquet(self, path, strict=strict)
 
-    def snapshot(self, backup_dir: str | Path, repo_id: str | None = None, token: str | None = None) -> Path:
+    def snapshot(self, backup_dir: str | Path, repo_id: str | None = None, token: str | None = None,
+                 keep: int | None = None) -> Path:
         from .backup import snapshot
 
-        return snapshot(self, backup_dir, repo_id=repo_id, token=token)
+        return snapshot(self, backup_dir, repo_id=repo_id, token=token, keep=keep)
 
     @staticmethod
     def restore_latest(backup_dir: str | Path, data_dir: str | Path, repo_id: str | None = None,
