@@ -59,6 +59,7 @@ def test_rate_with_the_keyboard(page):
     keys = ["1", "2", "1", "3", "1", "2", "1", "1", "2", "1", "2", "1", " "]
     for i, key in enumerate(keys):
         src = pg.locator("#img-left img").get_attribute("src")
+        last_prompt = pg.locator("#pair-prompt").inner_text()
         pg.keyboard.press("Space" if key == " " else key)
         assert wait_until(lambda: pg.locator("#img-left img").get_attribute("src") != src, 30), f"vote {i}"
     assert wait_until(lambda: len([r for r in studio.store.comparisons(include_skips=True)
@@ -66,8 +67,9 @@ def test_rate_with_the_keyboard(page):
     rows = [r for r in studio.store.comparisons(include_skips=True) if r["rater"] == "keyboard-kim"]
     assert sorted(r["choice"] for r in rows) == sorted({"1": "a", "2": "b", "3": "tie", " ": "skip"}[k] for k in keys)
     assert wait_until(lambda: "13" in pg.locator("#rate-counts").inner_text())
-    pg.keyboard.press("u")  # undo the skip
+    pg.keyboard.press("u")  # undo the skip: that pair is offered again
     assert wait_until(lambda: studio.store.counts()["comparisons"] == len(keys) - 1)
+    assert wait_until(lambda: pg.locator("#pair-prompt").inner_text() == last_prompt, 10)
     pg.screenshot(path=str(ARTIFACTS / "tab-rate.png"), full_page=True)
 
 
@@ -85,6 +87,11 @@ def test_round_as_admin_with_live_progress_and_compare(page):
     assert wait_until(lambda: "done" in pg.locator("#train-status").inner_text(), 600)
     pg.screenshot(path=str(ARTIFACTS / "tab-train-done.png"), full_page=True)
     cand = studio.generator.candidate
+    # the refresh timer (1 s) must not reset the version an admin is choosing
+    pg.locator("#version-select input").click()
+    pg.get_by_role("option", name=cand).click()
+    time.sleep(2.5)
+    assert pg.locator("#version-select input").input_value() == cand
     assert cand and cand.startswith("round-") and studio.generator.version == "base"  # on trial, not served
     assert wait_until(lambda: "on trial" in pg.locator("#train-status").inner_text(), 10)
     # while the candidate is pending, the Rate tab mixes in A/B pairs: candidate vs served, same prompt and seed
