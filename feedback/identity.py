@@ -18,8 +18,8 @@ from dataclasses import dataclass
 MAX_RATER_NAME = 64  # longest rater name after normalisation: the one limit for typed names
 SIGNED_IN_PREFIX = "hf:"
 TOKEN_BYTES = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")  # what a presented token may look like
-_HF_USER_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")  # what a presented token may look like
+_HF_USER_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")  # fullmatch: "$" allows a "\n"
 # Unicode categories refused outright in a name: control, surrogate, private use, unassigned, line/paragraph
 # separators (format characters such as zero-width spaces are stripped instead)
 _REFUSED = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}
@@ -98,7 +98,7 @@ def typed(name, token: str | None = None) -> Rater:
 
 def signed_in(username: str) -> Rater:
     """A rater verified by Hugging Face sign-in (pass only `gr.OAuthProfile.username`, never request input)."""
-    if not isinstance(username, str) or not _HF_USER_RE.match(username):
+    if not isinstance(username, str) or not _HF_USER_RE.fullmatch(username):
         raise ValueError(f"not a Hugging Face username: {str(username)[:100]!r}")
     return Rater(SIGNED_IN_PREFIX + username, None, signed_in=True)
 
@@ -118,7 +118,7 @@ def token_hash(token: str) -> str:
 
 
 def well_formed_token(token) -> bool:
-    return isinstance(token, str) and bool(_TOKEN_RE.match(token))
+    return isinstance(token, str) and bool(_TOKEN_RE.fullmatch(token))
 
 
 def token_matches(token: str | None, stored_hash: str) -> bool:

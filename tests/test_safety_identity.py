@@ -91,7 +91,7 @@ def test_signed_in_names_need_no_token_and_cannot_be_typed(store):
     assert store.vote(identity.signed_in("alice"), c, d, "b", "c2")["created"]
     with pytest.raises(ValueError):
         identity.typed("hf:alice")
-    for bad in ("", "al ice", "-x", "a" * 200, "ali\u0441e"):
+    for bad in ("", "al ice", "-x", "a" * 200, "ali\u0441e", "alice\n", "alice\r\n"):
         with pytest.raises(ValueError):
             identity.signed_in(bad)
     # a Rater built by hand cannot pass a typed name off as signed in, nor skip normalisation
@@ -178,6 +178,7 @@ def test_a_token_survives_a_restore_that_lost_the_claim(store, tmp_path):
     tok = identity.new_token()
     assert store.vote(identity.typed("heidi", tok), a, b, "a", "c1")["rater_token"] == tok
     assert store.vote(identity.typed("heidi", tok), c, d, "a", "c2")["created"]
+    assert not identity.well_formed_token(tok + "\n")
 
 
 def test_migration_upgrades_an_existing_database(tmp_path):
