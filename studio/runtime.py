@@ -433,12 +433,59 @@ class Studio:
     # ------------------------------------------------------------ data
 
     def export_data(self) -> str:
-        path = self.settings.data_dir / "exports" / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return str(self.store.export_parquet(path))
+        return str(self.store.export_versioned(self.settings.data_dir / "exports"))
 
     def import_data(self, path: str) -> dict:
         return self.store.import_parquet(path)
+
+    # ------------------------------------------------------------ artefacts for elsewhere
+
+    def lineage(self, version: str) -> list[int]:
+        """The rounds behind `version`, oldest first (each round started from the version served before it)."""
+        rounds = []
+        while version != BASE:
+            rid, row = self._round_version(version)
+            rounds.insert(0, rid)
+            version = (row.get("config") or {}).get("init_version", BASE)
+        return rounds
+
+    def export_lora(self, version: str | None = None) -> Path:
+        """A folder `pipe.load_lora_weights(dir)` loads with diffusers alone, with a model card (base model,
+        reward, rounds, people's win rate over the base), and its zip; returns the zip."""
+        from rlcm.lora_export import LoraCard, export_lora
+
+        version = version or self.generator.version
+        if version == BASE:
+            raise ValueError("the base model has no LoRA: serve a round first, or pick one")
+        rid, row = self._round_version(version)
+        rec = gate.record(self.store.comparisons(), version, BASE)
+        rm = self.rounds.reward_model
+        s = self.settings
+        reward = (f"preference reward model {row.get('reward_model_version') or (rm.version if rm else '?')}"
+                  + (f" + {s.alignment_guard:g} x CLIP prompt alignment" if s.alignment_guard else ""))
+        from rlcm.paths import toy_model_name
+
+        base = toy_model_name(s.model) or s.model
+        card = LoraCard(base_model=f"{base} + {s.lcm_lora}" if s.lcm_lora else base, reward=reward,
+                        rounds=self.lineage(version), win_rate=rec.win_rate, win_votes=rec.n or None,
+                        win_ci=rec.interval(0.95) if rec.n else None, steps=s.steps, guidance=s.guidance)
+        out = export_lora(Path(row["lora_path"]).parent, s.data_dir / "exports" / f"lora-{version}", card)
+        return Path(shutil.make_archive(str(out), "zip", out))
+
+    def push(self, what: str, repo_id: str, api=None) -> str:
+        """Push the reward model, the served LoRA or the preference data to its Hub repo (needs HF_TOKEN)."""
+        from . import hub
+
+        if what == "reward_model":
+            rm = self.rounds.reward_model
+            if rm is None:
+                raise ValueError("no reward model yet: fit one first")
+            return hub.push_reward_model(self.settings.data_dir / "reward_models" / rm.version, repo_id, api=api)
+        if what == "lora":
+            return hub.push_lora(Path(self.export_lora()).with_suffix(""), repo_id, api=api)
+        if what == "dataset":
+            return hub.push_dataset(self.export_data(), repo_id, api=api)
+        raise ValueError(f"unknown artefact {what!r}; valid: reward_model, lora, dataset")
 
     # ------------------------------------------------------------ settings
 

@@ -162,3 +162,38 @@ def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
         assert again.generator.version == version  # the votes before the restart counted too
     finally:
         again.close()
+
+
+def test_the_served_lora_exports_for_diffusers_and_pushes_to_its_repos(studio, tmp_path):
+    import zipfile
+
+    from diffusers import LatentConsistencyModelPipeline
+
+    from .hub_fake import FakeHfApi
+
+    with pytest.raises(ValueError, match="base model has no LoRA"):
+        studio.export_lora()
+    version, _, _ = studio.submit_candidate(_lora(tmp_path / "good", 0.05))
+    _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 20)
+    assert studio.generator.version == version
+    zipped = studio.export_lora()
+    folder = tmp_path / "unzipped"
+    zipfile.ZipFile(zipped).extractall(folder)
+    card = (folder / "README.md").read_text()
+    assert "toy-lcm" in card and "100.0%" in card  # the base, and people's win rate over it: 6 of 6 A/B votes
+    # diffusers alone: the export makes the same images as the studio's served version
+    pipe = LatentConsistencyModelPipeline.from_pretrained(MODELS / "toy-lcm")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(folder))
+    mine = pipe(["a red circle on a blue background"], num_inference_steps=studio.settings.steps,
+                guidance_scale=studio.settings.guidance, generator=torch.Generator().manual_seed(3)).images[0]
+    served = studio.generator.generate(["a red circle on a blue background"], [3])[0][0]
+    assert np.abs(np.asarray(mine, dtype=float) - np.asarray(served, dtype=float)).max() <= 1
+    api = FakeHfApi()
+    studio.push("lora", "me/lora", api=api)
+    with pytest.raises(ValueError, match="no reward model"):
+        studio.push("reward_model", "me/rm", api=api)
+    studio.push("dataset", "me/prefs", api=api)
+    assert api.repos["me/lora"]["repo_type"] in (None, "model") and api.repos["me/prefs"]["repo_type"] == "dataset"
+    with pytest.raises(ValueError, match="valid"):
+        studio.push("everything", "me/x", api=api)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import api, compare, data, rate, reward, settings_tab, train
+from . import api, compare, data, rate, reward, settings_tab, share, train
 from .common import CSS, HOTKEYS, username
 
 
@@ -31,6 +31,8 @@ def build_app(studio) -> gr.Blocks:
                 reward.build(studio, password, admin)
             with gr.Tab("Data", id="data"):
                 data.build(studio, password, admin)
+            with gr.Tab("Share", id="share"):
+                share.build(studio, password, admin)
             with gr.Tab("Settings", id="settings"):
                 settings_tab.build(studio, password, admin)
         demo.load(rating["first_pair"], [name], rating["outputs"], api_visibility="private")
