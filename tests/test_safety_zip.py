@@ -60,6 +60,16 @@ def test_a_declared_bomb_is_refused_before_reading(tmp_path):
     assert peak < 4 << 20  # nothing was decompressed (the member is 257 MiB)
 
 
+def test_members_each_under_the_limit_but_too_big_together_are_refused(tmp_path):
+    part = (export.MAX_TOTAL >> 20) * 3 // 4  # MiB: each member passes on its own
+    path = bomb(tmp_path / "two.zip", part << 20)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED, compresslevel=1) as z, z.open("README.md", "w") as f:
+        for _ in range(part):
+            f.write(bytes(1 << 20))
+    msg, peak = load_measuring(path)
+    assert "uncompressed" in msg and peak < 4 << 20
+
+
 def test_a_member_that_lies_about_its_size_is_cut_off(tmp_path):
     path = bomb(tmp_path / "liar.zip", 64 << 20)
     lie_about_size(path, "model.safetensors", 1000)
