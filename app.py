@@ -15,4 +15,4 @@ if __name__ == "__main__":
     from studio.settings import StudioSettings
 
     studio = Studio(StudioSettings.from_env())
-    build_app(studio).queue(default_concurrency_limit=8).launch(**launch_kwargs())
+    build_app(studio).queue(default_concurrency_limit=8).launch(**launch_kwargs(studio.settings))

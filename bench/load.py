@@ -39,6 +39,7 @@ from results import results_path, update_section  # noqa: E402
 def rater(client, name: str, studio, claim, out: dict, retry_fraction: float, seed: int) -> None:
     """One simulated rater: next pair, judge, vote (sometimes twice), until `claim()` says the votes are done."""
     rng = random.Random(seed)
+    token = None  # the name's rater_token, handed back by its first vote
     while claim():
         try:
             t = time.perf_counter()
@@ -47,11 +48,12 @@ def rater(client, name: str, studio, claim, out: dict, retry_fraction: float, se
             a, b = (Image.open(studio.store.image_path(s)) for s in (p["a"], p["b"]))
             vote = (name, p["a"], p["b"], warm_colours(a, b, p["prompt"]), p["client_id"])
             t = time.perf_counter()
-            ack = client.predict(*vote, api_name="/vote")
+            ack = client.predict(*vote, token, api_name="/vote")
+            token = ack["rater_token"]
             out["vote_s"].append(time.perf_counter() - t)
             out["acked"][p["client_id"]] = ack["id"]
             if rng.random() < retry_fraction:  # a retried submit must not count twice
-                again = client.predict(*vote, api_name="/vote")
+                again = client.predict(*vote, token, api_name="/vote")
                 out["retries"] += 1
                 out["bad_retries"] += again["created"] or again["id"] != ack["id"]
         except Exception as e:  # counted, not fatal: the database check shows whether it mattered
@@ -87,7 +89,7 @@ def main() -> None:
     t = time.perf_counter()
     studio = Studio(settings)
     demo = build_app(studio)
-    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(studio.settings))
     while studio.queue.q.qsize() < args.queue_size and time.perf_counter() - t < 120:
         time.sleep(0.2)
     print(f"app up at {demo.local_url}, queue {studio.queue.q.qsize()}/{args.queue_size} "

@@ -46,7 +46,7 @@ def main() -> None:
     studio = Studio(StudioSettings(data_dir=Path(tempfile.mkdtemp(prefix="latency-")), admin_password=password,
                                    snapshot_every_s=0, auto_round_every=0))
     demo = build_app(studio)
-    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(studio.settings))
     from PIL import Image
 
     for i in range(16):

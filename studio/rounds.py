@@ -96,7 +96,7 @@ class RoundRunner:
 
     def _run(self, rid: int) -> None:
         from rlcm.rewards import with_alignment_guard
-        from rlcm.trainer import RLCMConfig, RLCMTrainer
+        from rlcm.trainer import RLCMConfig, RLCMTrainer, resume_config
 
         s = self.settings
         out = s.data_dir / "rounds" / str(rid)
@@ -119,7 +119,7 @@ class RoundRunner:
             self._set(state="training", reward_model=rm_metrics)
             start = row.get("config") or {}  # the served version when the round was created
             init = start.get("init_lora")
-            cfg = RLCMConfig(
+            cfg = resume_config(RLCMConfig(
                 model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
                 num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
                 prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16,
@@ -127,7 +127,8 @@ class RoundRunner:
                 eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
                 init_lora=init if init and Path(init).exists() else None, device=s.device, checkpoint_every=2,
                 mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no",
-                kl_coef=s.kl_coef, kl_units=s.kl_units)
+                kl_coef=s.kl_coef, kl_units=s.kl_units))  # a resumed round keeps the settings it started with
+            self._set(epochs=cfg.epochs)
             scorer = with_alignment_guard(
                 lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
                 rm.clip, s.alignment_guard)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import shutil
 import threading
 import time
 from pathlib import Path
 
+from feedback import backup, identity
 from feedback.store import FeedbackStore
 from rlcm.prompts import get_prompts
 
@@ -30,16 +32,21 @@ class Studio:
         self.settings = s = settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if not (s.data_dir / "feedback.db").exists() and (s.backup_dir or s.backup_repo):
-            FeedbackStore.restore_latest(s.backup_dir or "", s.data_dir, repo_id=s.backup_repo)
-            self._restore_files()
+            backup.restore(s.data_dir, backup_dir=s.backup_dir, repo_id=s.backup_repo, token=os.environ.get("HF_TOKEN"))
+            s.load_saved()  # the restored settings.json arrived after from_env read the directory
         self.store = FeedbackStore(s.data_dir)
+        self.store.delete_orphan_images()
+        self.repo_backup = None
+        if s.backup_repo and start_workers:
+            self.repo_backup = backup.start_repo_backup(self.store, s.backup_repo, s.data_dir / "repo-backup",
+                                                        s.repo_backup_every_min, os.environ.get("HF_TOKEN"))
         self.generator = ServedGenerator(s)
         self.prompts = get_prompts(s.prompt_set, "train", 64 if s.prompt_set == "toy" else None)
         self.compare_prompts = get_prompts(s.prompt_set, "heldout", s.compare_prompts, seed=7)[: s.compare_prompts]
         self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._served_adapter)
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
                                reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
-                               ab_fraction=s.ab_fraction)
+                               ab_fraction=s.ab_fraction, keep_unrated=s.keep_unrated)
         self._labels_at_last_round = self.store.counts()["labelled"]
         self._stop = threading.Event()
         self._gate_lock = threading.Lock()
@@ -50,13 +57,18 @@ class Studio:
         if start_workers:
             self.queue.start()
             self._resume_interrupted()
-            if s.snapshot_every_s and (s.backup_dir or s.backup_repo):
+            if s.snapshot_every_s and s.backup_dir:
                 threading.Thread(target=self._snapshot_loop, daemon=True, name="snapshots").start()
 
     def close(self) -> None:
         self._stop.set()
         self.queue.stop()
         self.rounds.cancel()
+        if self.repo_backup is not None:
+            try:
+                self.repo_backup.trigger().result()
+            finally:
+                self.repo_backup.stop()
 
     # ------------------------------------------------------------ admin
 
@@ -71,17 +83,21 @@ class Studio:
 
     # ------------------------------------------------------------ rating
 
-    def rater_name(self, name: str | None, username: str | None = None) -> str:
+    def rater(self, name: str | None, token: str | None = None, username: str | None = None) -> identity.Rater:
+        """Who is voting: a signed-in Hugging Face user, or a typed name with the token its browser keeps.
+
+        On a Space with named rating, visitors who are not signed in are asked to sign in; in open mode a
+        visitor without a name gets a random one (the browser keeps it with its token).
+        """
         if username:
-            return f"hf:{username}"
-        name = (name or "").strip()
-        if self.settings.rating == "open" and not name:
-            return "anonymous"
-        if not name:
+            return identity.signed_in(username)
+        if self.settings.on_space and self.settings.rating == "named":
+            raise PermissionError("sign in with Hugging Face to rate")
+        if not (name or "").strip():
+            if self.settings.rating == "open":
+                return identity.typed(identity.anonymous_name(), token)
             raise ValueError("enter your name before rating")
-        if len(name) > 64:
-            raise ValueError("name too long (at most 64 characters)")
-        return name
+        return identity.typed(name, token)
 
     def next_pair(self) -> dict:
         """The next pair to rate (from the pre-generated queue), with its image paths."""
@@ -96,20 +112,22 @@ class Studio:
         return self._with_images({"prompt": row["prompt"], "a": row["sample_a"], "b": row["sample_b"],
                                   "version": self.generator.version})
 
-    def counts_line(self, rater: str | None) -> str:
-        mine, total = self.rater_counts(rater) if rater else (0, self.store.counts()["comparisons"])
+    def counts_line(self, rater: identity.Rater | None) -> str:
+        mine, total = self.rater_counts(rater.name) if rater else (0, self.store.counts()["comparisons"])
         return views.rate_counts(mine, total, self.generator.version, self.generator.candidate)
 
-    def vote(self, rater: str, sample_a: str, sample_b: str, choice: str, client_id: str) -> dict:
-        """Record one judgement exactly once (a retried client_id is not counted again)."""
-        row = self.store.record_comparison(sample_a, sample_b, choice, rater, client_id)
+    def vote(self, rater: identity.Rater, sample_a: str, sample_b: str, choice: str, client_id: str) -> dict:
+        """Record one judgement exactly once (a retried client_id or a repeated pair is not counted again);
+        the row carries `rater_token`, which the caller must keep for the name's later votes and undos."""
+        row = self.store.vote(rater, sample_a, sample_b, choice, client_id)
         if row["created"] and self.generator.candidate in (row.get("generator_a"), row.get("generator_b")):
             self.check_gate()
         self._maybe_auto_round()
         return row
 
-    def undo(self, rater: str) -> dict | None:
-        return self.store.undo_last(rater)
+    def undo(self, rater: identity.Rater) -> dict | None:
+        """Retract the caller's own latest vote (never anyone else's)."""
+        return self.store.undo_vote(rater)
 
     def rater_counts(self, rater: str) -> tuple[int, int]:
         stats = {r["rater"]: r["comparisons"] for r in self.store.rater_stats()}
@@ -158,7 +176,7 @@ class Studio:
         if labelled < 8:
             raise ValueError(f"need at least 8 labelled pairs to fit a reward model, have {labelled}")
         if self.rounds.running:
-            raise RuntimeError("a fine-tune round is already running")
+            raise ValueError("a fine-tune round is already running")
         if self.generator.candidate and not force:
             raise ValueError(f"{self.generator.candidate} is still waiting for people's votes; "
                              "promote or reject it first")
@@ -489,54 +507,27 @@ class Studio:
 
     # ------------------------------------------------------------ settings
 
-    EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef", "ab_fraction")
-
     def update_settings(self, steps: int, guidance: float, round_epochs: int, auto_round_every: int,
                         alignment_guard: float | None = None, kl_coef: float | None = None,
                         ab_fraction: float | None = None) -> dict:
-        s = self.settings
-        old = {k: getattr(s, k) for k in self.EDITABLE}
-        s.steps, s.guidance, s.round_epochs, s.auto_round_every = int(steps), float(guidance), int(round_epochs), \
-            int(auto_round_every)
-        if alignment_guard is not None:
-            s.alignment_guard = float(alignment_guard)
-        if kl_coef is not None:
-            s.kl_coef = float(kl_coef)
-        if ab_fraction is not None:
-            s.ab_fraction = float(ab_fraction)
-        try:
-            s.validate()
-        except ValueError:
-            for k, v in old.items():
-                setattr(s, k, v)
-            raise
-        self.queue.ab_fraction = s.ab_fraction
+        """Change the editable settings all at once or not at all (each finite and in range); they persist."""
+        values = dict(steps=steps, guidance=guidance, round_epochs=round_epochs, auto_round_every=auto_round_every,
+                      alignment_guard=alignment_guard, kl_coef=kl_coef, ab_fraction=ab_fraction)
+        self.settings.update(**{k: v for k, v in values.items() if v is not None})
+        self.settings.save()
+        self.queue.ab_fraction = self.settings.ab_fraction
         self.queue.flush()
-        return {k: getattr(s, k) for k in self.EDITABLE}
+        return self.settings.editable()
 
     # ------------------------------------------------------------ durability
 
     def snapshot(self) -> str | None:
+        """A snapshot into the bucket folder (the database, its images, rounds, reward models, settings), pruned
+        to the last `snapshot_keep`; repository backups run on their own (CommitScheduler)."""
         s = self.settings
-        if not (s.backup_dir or s.backup_repo):
+        if not s.backup_dir:
             return None
-        path = self.store.snapshot(s.backup_dir or s.data_dir / "backup", repo_id=s.backup_repo)
-        if s.backup_dir:  # rounds (LoRAs, checkpoints), reward models and the active version travel too
-            dst = Path(s.backup_dir) / "studio"
-            for name in ("rounds", "reward_models", "compare"):
-                src = s.data_dir / name
-                if src.exists():
-                    shutil.copytree(src, dst / name, dirs_exist_ok=True)
-            if (s.data_dir / "active.json").exists():
-                dst.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(s.data_dir / "active.json", dst / "active.json")
-        return str(path)
-
-    def _restore_files(self) -> None:
-        s = self.settings
-        src = Path(s.backup_dir or "") / "studio"
-        if s.backup_dir and src.exists():
-            shutil.copytree(src, s.data_dir, dirs_exist_ok=True)
+        return str(self.store.snapshot(s.backup_dir, keep=s.snapshot_keep))
 
     def _snapshot_loop(self) -> None:
         while not self._stop.wait(self.settings.snapshot_every_s):
@@ -546,6 +537,14 @@ class Studio:
                 print(f"snapshot failed: {e}")
 
     # ------------------------------------------------------------ status
+
+    def public_status(self) -> dict:
+        """`status` for anyone: no traces, no server paths, queue errors only counted."""
+        st = self.status()
+        st["round"] = {k: views.redact(v) if isinstance(v, str) else v for k, v in st["round"].items()
+                       if k not in ("trace", "rows")}
+        st["errors"] = len(st["errors"])
+        return st
 
     def status(self) -> dict:
         c = self.store.counts()

@@ -6,6 +6,7 @@ mid-generation (diffusers' hot swap replaces tensors one by one, and the schedul
 
 from __future__ import annotations
 
+import collections
 import queue
 import random
 import threading
@@ -130,7 +131,7 @@ class PairQueue:
 
     def __init__(self, store, generator: ServedGenerator, prompts: list[str], size: int,
                  earlier_fraction: float = 0.25, seed: int = 0, reward_model=None, candidates: int = 4,
-                 ab_fraction: float = 0.5):
+                 ab_fraction: float = 0.5, keep_unrated: int | None = None):
         self.store, self.gen, self.prompts = store, generator, prompts
         # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
         # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing)
@@ -139,6 +140,10 @@ class PairQueue:
         self.q: queue.Queue = queue.Queue(maxsize=size)
         self.earlier_fraction = earlier_fraction
         self.ab_fraction = ab_fraction  # share of pairs that pit a pending candidate against the served version
+        # disk stays bounded under anonymous traffic: unrated samples beyond this are deleted, oldest first,
+        # except those queued or shown recently (someone may still vote on them)
+        self.keep_unrated = keep_unrated
+        self.shown: collections.deque[str] = collections.deque(maxlen=512)
         self.rng = random.Random(seed)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -215,8 +220,14 @@ class PairQueue:
             pair = self.q.get(timeout=timeout) if timeout else self.q.get_nowait()
         except queue.Empty:
             pair = self.make_pair()  # queue drained faster than it fills: generate in the caller
+        self.shown.extend((pair["a"], pair["b"]))
         self._wake.set()
         return pair
+
+    def prune(self) -> None:
+        if self.keep_unrated is not None:
+            queued = {x for p in list(self.q.queue) for x in (p["a"], p["b"])}
+            self.store.prune_unrated(self.keep_unrated, keep=queued | set(self.shown))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -226,6 +237,7 @@ class PairQueue:
                 continue
             try:
                 self.q.put(self.make_pair(), timeout=1.0)
+                self.prune()
             except queue.Full:
                 pass
             except Exception as e:  # keep serving; the error shows in the status line

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from . import gate
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+~-]+){2,}/?")
+
+
+def redact(text: str) -> str:
+    """`text` with server paths replaced by their last part (public output names no directory)."""
+    return _PATH.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+def model_name(source: str) -> str:
+    """A model for public display: the shipped toy name, a Hub id or open_clip name, or a path's last part."""
+    from rlcm.paths import toy_model_name
+
+    return toy_model_name(source) or (source if source.count("/") <= 1 and not source.startswith(("/", ".")) else
+                                      redact(source) if source.startswith("/") else source.rsplit("/", 1)[-1])
 
 
 def pct(x: float | None, digits: int = 0) -> str:
@@ -52,9 +69,9 @@ def round_progress(p: dict, now: float | None = None) -> str:
     if p.get("reward_model"):
         text += f" · reward model held-out accuracy {accuracy_text(p['reward_model'])}"
     if p.get("verdict"):
-        text += f" · result: **{p['verdict']}**" + (f" ({p['verdict_reason']})" if p.get("verdict_reason") else "")
+        text += f" · result: **{p['verdict']}**" + (f" ({redact(p['verdict_reason'])})" if p.get("verdict_reason") else "")
     if p.get("error"):
-        text += f"\n\nfailed: `{p['error']}`"
+        text += f"\n\nfailed: `{redact(p['error'])}`"
     return text
 
 
@@ -76,7 +93,7 @@ def history_rows(rounds: list[dict]) -> list[dict]:
         rew = (f"{m['reward_before']:.2f} → {m['reward_after']:.2f}"
                if m.get("reward_before") is not None and m.get("reward_after") is not None else "–")
         out.append({"round": r["id"], "status": r["status"], "verdict": r.get("verdict") or "–",
-                    "why": r.get("verdict_reason") or r.get("error") or "",
+                    "why": redact(r.get("verdict_reason") or r.get("error") or ""),
                     "by": (r.get("config") or {}).get("by", ""), "from": (r.get("config") or {}).get("init_version", ""),
                     "reward-model accuracy": accuracy_text(rm) if rm else "–",
                     "reward-model score (held-out)": rew, "prompt fidelity": fid,

@@ -23,8 +23,11 @@ def launch_studio(tmp: Path, **overrides):
                               snapshot_every_s=0, compare_prompts=4, **{"auto_round_every": 0, **overrides})
     studio = Studio(settings)
     demo = build_app(studio)
-    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(settings))
     return studio, demo
+
+
+TOKENS: dict[str, str] = {}  # rater name -> rater_token, as a browser keeps it
 
 
 def label_pairs(client, n: int, rater: str = "sim") -> None:
@@ -37,4 +40,11 @@ def label_pairs(client, n: int, rater: str = "sim") -> None:
 
         st = client._studio  # the test's own handle, to read images as the browser would see them
         a, b = Image.open(st.store.image_path(p["a"])), Image.open(st.store.image_path(p["b"]))
-        client.predict(rater, p["a"], p["b"], warm_colours(a, b, p["prompt"]), p["client_id"], api_name="/vote")
+        vote(client, rater, p["a"], p["b"], warm_colours(a, b, p["prompt"]), p["client_id"])
+
+
+def vote(client, rater: str, a: str, b: str, choice: str, client_id: str) -> dict:
+    """A vote through the API that keeps the name's rater_token like the browser does."""
+    ack = client.predict(rater, a, b, choice, client_id, TOKENS.get(rater), api_name="/vote")
+    TOKENS[rater] = ack["rater_token"] or TOKENS.get(rater)
+    return ack

@@ -6,7 +6,7 @@ import uuid
 import pytest
 from gradio_client import Client
 
-from .studio_fixtures import PASSWORD, label_pairs, launch_studio
+from .studio_fixtures import PASSWORD, label_pairs, launch_studio, vote
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +28,25 @@ def test_vote_is_recorded_exactly_once(app):
     p = client.predict(api_name="/next_pair")
     assert p["a"] != p["b"] and studio.store.get_sample(p["a"])["prompt"] == p["prompt"]
     before = counts(studio)["comparisons"]
-    r1 = client.predict("alice", p["a"], p["b"], "b", p["client_id"], api_name="/vote")
-    r2 = client.predict("alice", p["a"], p["b"], "b", p["client_id"], api_name="/vote")  # a retried submit
+    r1 = client.predict("alice", p["a"], p["b"], "b", p["client_id"], None, api_name="/vote")
+    token = r1["rater_token"]
+    assert token and len(token) >= 16  # the first vote claims the name and hands back its secret
+    r2 = client.predict("alice", p["a"], p["b"], "b", p["client_id"], token, api_name="/vote")  # a retried submit
     assert r1["created"] and not r2["created"] and r1["id"] == r2["id"]
     rows = [c for c in studio.store.comparisons(include_skips=True) if c["id"] == r1["id"]]
     assert len(rows) == 1 and counts(studio)["comparisons"] == before + 1
     row = rows[0]
     assert (row["sample_a"], row["sample_b"], row["choice"], row["rater"]) == (p["a"], p["b"], "b", "alice")
-    undone = client.predict("alice", api_name="/undo_vote")
+    with pytest.raises(Exception, match="(?i)taken"):  # someone else can't undo alice's vote
+        client.predict("alice", None, api_name="/undo_vote")
+    assert counts(studio)["comparisons"] == before + 1
+    undone = client.predict("alice", token, api_name="/undo_vote")
     assert undone["undone"] == r1["id"] and counts(studio)["comparisons"] == before
 
 
 @pytest.mark.parametrize("args, message", [
-    (("alice", "unknown-sample", None, "a"), "unknown"),
-    (("alice", None, None, "maybe"), "choice"),
+    (("bob", "unknown-sample", None, "a"), "unknown"),
+    (("bob", None, None, "maybe"), "choice"),
     (("", None, None, "a"), "name"),
 ])
 def test_bad_votes_are_refused_and_change_nothing(app, args, message):
@@ -50,8 +55,9 @@ def test_bad_votes_are_refused_and_change_nothing(app, args, message):
     rater, a, b, choice = args
     before = counts(studio)
     with pytest.raises(Exception, match=f"(?i){message}"):
-        client.predict(rater, a or p["a"], b or p["b"], choice, str(uuid.uuid4()), api_name="/vote")
+        client.predict(rater, a or p["a"], b or p["b"], choice, str(uuid.uuid4()), None, api_name="/vote")
     assert counts(studio)["comparisons"] == before["comparisons"]
+    assert not rater or not studio.store.rater_claimed(rater)  # a refused first vote claims no name
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "x" * 5000], ids=["empty", "blank", "huge"])
@@ -59,7 +65,7 @@ def test_bad_prompts_are_refused(app, prompt):
     studio, client = app
     before = counts(studio)["samples"]
     with pytest.raises(Exception, match="(?i)prompt"):
-        client.predict(prompt, 0, api_name="/generate")
+        client.predict(PASSWORD, prompt, 0, api_name="/generate")
     assert counts(studio)["samples"] <= before + studio.queue.q.maxsize * 2  # only the queue may have grown
 
 
@@ -75,7 +81,8 @@ def test_malformed_upload_is_refused(app, tmp_path):
 
 @pytest.mark.parametrize("endpoint, args", [
     ("/start_round", (True,)), ("/cancel_round", ()), ("/reject_candidate", ()), ("/activate", ("base",)),
-    ("/save_settings", (3, 5.0, 2, 0, 0.1, 0.0, 0.5)), ("/fit_reward_model", ()),
+    ("/save_settings", (3, 5.0, 2, 0, 0.1, 0.0, 0.5)), ("/fit_reward_model", ()), ("/export_data", ()),
+    ("/generate", ("a red circle", 1)),
 ])
 def test_admin_endpoints_refuse_non_admins(app, endpoint, args):
     studio, client = app
@@ -117,7 +124,7 @@ def test_round_becomes_a_candidate_and_people_promote_it(app):
             choice = warm_colours(a, b, p["prompt"])
         else:
             choice = "a" if gens[0] == cand else "b"
-        client.predict("sim", p["a"], p["b"], choice, p["client_id"], api_name="/vote")
+        vote(client, "sim", p["a"], p["b"], choice, p["client_id"])
     st = client.predict(api_name="/status")
     assert st["version"] == cand and st["candidate"] is None
     after = studio.generator.generate(["a red circle on a blue background"], [123])[0][0]

@@ -35,10 +35,15 @@ def build_app(studio) -> gr.Blocks:
                 share.build(studio, password, admin)
             with gr.Tab("Settings", id="settings"):
                 settings_tab.build(studio, password, admin)
-        demo.load(rating["first_pair"], [name], rating["outputs"], api_visibility="private")
+        demo.load(*rating["first_pair"], api_visibility="private")
         api.build(studio)
     return demo
 
 
-def launch_kwargs() -> dict:
-    return {"head": HOTKEYS, "css": CSS, "theme": gr.themes.Soft()}
+def launch_kwargs(settings=None) -> dict:
+    """`launch()` arguments: hotkeys and CSS; with the studio's settings, the upload cap and its data folder
+    (images are served from there, also when it lies outside the working directory)."""
+    kw = {"head": HOTKEYS, "css": CSS, "theme": gr.themes.Soft()}
+    if settings is not None:
+        kw.update(max_file_size=settings.max_upload_bytes, allowed_paths=[str(settings.data_dir)])
+    return kw

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import logging
-
 import gradio as gr
 
-log = logging.getLogger("rlcm.studio")
+from studio import userlog
 
 # Gradio 6 has no hotkey API: a small script clicks buttons by elem_id, ignoring typing in text inputs.
 HOTKEYS = """
@@ -29,17 +26,7 @@ CSS = "#pair-row img, #compare-gallery img {image-rendering: pixelated;} .keys {
 
 def user_errors(fn):
     """Turn the runtime's input errors into a message in the page and one log line (no traceback)."""
-
-    @functools.wraps(fn)  # keeps the signature: Gradio injects gr.Request / gr.OAuthProfile by annotation
-    def wrapped(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, PermissionError, RuntimeError, KeyError) as e:
-            msg = str(e).strip("'\"")
-            log.info("refused %s: %s", fn.__name__, msg)
-            raise gr.Error(msg) from None
-
-    return wrapped
+    return userlog.user_errors(fn, lambda m: gr.Error(m, print_exception=False))
 
 
 def username(profile: gr.OAuthProfile | None) -> str | None:

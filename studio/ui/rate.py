@@ -1,4 +1,8 @@
-"""Rate tab: a prompt, two samples, keys 1/2/3/space/u; an undone pair comes back."""
+"""Rate tab: a prompt, two samples, keys 1/2/3/space/u; an undone pair comes back.
+
+The browser keeps each typed name's secret rater_token (gr.BrowserState): the first vote under a new name
+claims it, and later votes and undos under that name present the token.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +14,42 @@ from .common import user_errors, username
 
 
 def build(studio, name: gr.Textbox) -> dict:
-    def show(pair: dict, rater: str | None):
+    tokens = gr.BrowserState({}, storage_key="rlcm-rater-tokens")  # {typed name or "": [name, token]}
+
+    def who(name_: str, kept: dict, profile: gr.OAuthProfile | None):
+        """The rater, with the token (and, in open mode, the random name) this browser holds for `name_`."""
+        kept = kept if isinstance(kept, dict) else {}
+        key = (name_ or "").strip()
+        held_name, token = (kept.get(key) or [None, None])[:2]
+        return studio.rater(held_name if not key and held_name else name_, token, username(profile)), kept, key
+
+    def show(pair: dict, rater):
         pair["client_id"] = str(uuid.uuid4())
         return pair["image_a"], pair["image_b"], f"### {pair['prompt']}", pair, studio.counts_line(rater)
 
-    def first_pair(name_: str, profile: gr.OAuthProfile | None = None):
-        return show(studio.next_pair(), studio.rater_name(name_, username(profile)) if (name_ or profile) else None)
+    def first_pair(name_: str, kept: dict, profile: gr.OAuthProfile | None = None):
+        try:
+            rater = who(name_, kept, profile)[0]
+        except (ValueError, PermissionError) as e:  # no name yet, or not signed in: show the pair and say so
+            out = show(studio.next_pair(), None)
+            return (*out[:4], f"{out[4]} · {e}")
+        return show(studio.next_pair(), rater)
 
     def vote(choice: str):
-        def cast(name_: str, pair: dict, profile: gr.OAuthProfile | None = None):
-            rater = studio.rater_name(name_, username(profile))
+        def cast(name_: str, pair: dict, kept: dict, profile: gr.OAuthProfile | None = None):
+            rater, kept, key = who(name_, kept, profile)
             if not pair:
                 raise ValueError("no pair shown yet")
-            studio.vote(rater, pair["a"], pair["b"], choice, pair["client_id"])
-            return show(studio.next_pair(), rater)
+            row = studio.vote(rater, pair["a"], pair["b"], choice, pair["client_id"])
+            if row.get("rater_token"):
+                kept = {**kept, key: [rater.name, row["rater_token"]]}
+            return (*show(studio.next_pair(), rater), kept)
 
         cast.__name__ = f"vote_{choice}"
         return user_errors(cast)
 
-    def undo(name_: str, profile: gr.OAuthProfile | None = None):
-        rater = studio.rater_name(name_, username(profile))
+    def undo(name_: str, kept: dict, profile: gr.OAuthProfile | None = None):
+        rater = who(name_, kept, profile)[0]
         row = studio.undo(rater)
         if row is None:
             gr.Info("nothing to undo")
@@ -53,6 +73,6 @@ def build(studio, name: gr.Textbox) -> dict:
 
     out = [img_a, img_b, prompt_md, pair, counts_md]
     for btn, choice in ((b_left, "a"), (b_right, "b"), (b_tie, "tie"), (b_skip, "skip")):
-        btn.click(vote(choice), [name, pair], out, api_visibility="private")
-    b_undo.click(user_errors(undo), [name], out, api_visibility="private")
-    return {"first_pair": user_errors(first_pair), "outputs": out}
+        btn.click(vote(choice), [name, pair, tokens], out + [tokens], api_visibility="private")
+    b_undo.click(user_errors(undo), [name, tokens], out, api_visibility="private")
+    return {"first_pair": (user_errors(first_pair), [name, tokens], out)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio import views
+
 from .common import user_errors
 
 
@@ -15,8 +17,9 @@ def build(studio, password: gr.Textbox, admin) -> None:
         admin(password_, profile)
         return studio.update_settings(steps, guidance, epochs, auto, guard, kl, ab)
 
-    gr.Markdown(f"model **{s.model}**{' + ' + s.lcm_lora if s.lcm_lora else ''} · reward backbone **{s.clip}** · "
-                f"prompts **{s.prompt_set}** (model and paths come from environment variables, see README)")
+    gr.Markdown(f"model **{views.model_name(s.model)}**{' + ' + views.model_name(s.lcm_lora) if s.lcm_lora else ''} · "
+                f"reward backbone **{views.model_name(s.clip)}** · prompts **{views.model_name(s.prompt_set)}** "
+                "(set by environment variables, see README)")
     steps = gr.Slider(2, 16, value=s.steps, step=1, label="LCM steps")
     guidance = gr.Slider(1, 15, value=s.guidance, step=0.5, label="guidance scale")
     epochs = gr.Slider(1, 200, value=s.round_epochs, step=1, label="RLCM epochs per round")
