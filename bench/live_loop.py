@@ -49,6 +49,7 @@ WIN = {"a": 1.0, "b": 0.0, "tie": 0.5}
 def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log) -> dict:
     """Vote like a person at the Rate tab until the labels are spent (and no round runs) or the deadline."""
     spent = ab = 0
+    token = None
     latency = []
     next_at = time.time()
     while time.time() < deadline:
@@ -61,7 +62,8 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log)
             a, b = Image.open(p["image_a"]).convert("RGB"), Image.open(p["image_b"]).convert("RGB")
             gens = {studio.store.get_sample(p[k])["generator"] for k in ("a", "b")}
             cand = studio.generator.candidate
-            studio.vote("oracle", p["a"], p["b"], oracle(a, b, p["prompt"]), str(uuid.uuid4()))
+            row = studio.vote(studio.rater("oracle", token), p["a"], p["b"], oracle(a, b, p["prompt"]), str(uuid.uuid4()))
+            token = row["rater_token"]  # kept like the browser keeps it
             spent += 1
             ab += bool(cand and cand in gens)
             if spent % 10 == 0:

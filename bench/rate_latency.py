@@ -49,10 +49,12 @@ def main() -> None:
     demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(studio.settings))
     from PIL import Image
 
+    token = None
     for i in range(16):
         p = studio.next_pair()
-        studio.vote("warm", p["a"], p["b"], warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"]),
-                    f"warm-{i}")
+        token = studio.vote(studio.rater("warm", token), p["a"], p["b"],
+                            warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"]),
+                            f"warm-{i}")["rater_token"]
     studio.start_round(by="bench", force=True)
     times = []
     with sync_playwright() as pw:

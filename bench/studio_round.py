@@ -46,9 +46,10 @@ def main() -> None:
     while studio.queue.q.qsize() < s.queue_size:
         time.sleep(0.2)
     latencies = []
+    token = None
     for _ in range(args.labels):
         choice = prefer(Image.open(pair["image_a"]), Image.open(pair["image_b"]), pair["prompt"])
-        studio.vote("bench", pair["a"], pair["b"], choice, str(uuid.uuid4()))
+        token = studio.vote(studio.rater("bench", token), pair["a"], pair["b"], choice, str(uuid.uuid4()))["rater_token"]
         t = time.perf_counter()
         pair = studio.next_pair()
         latencies.append(time.perf_counter() - t)

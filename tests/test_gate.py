@@ -16,6 +16,8 @@ from studio import gate
 
 from .conftest import MODELS
 
+TOKENS: dict[str, str] = {}  # rater name -> rater_token, as the browser keeps it
+
 
 # ---------------------------------------------------------------- the rule itself
 
@@ -105,7 +107,8 @@ def _vote_ab(studio, prefer, n: int, rater: str = "tester") -> int:
         assert {ga, gb} == {cand, studio.generator.version}, "with ab_fraction 1 every pair is an A/B pair"
         a, b = (studio.store.get_sample(p[k]) for k in ("a", "b"))
         assert a["prompt"] == b["prompt"] and a["seed"] == b["seed"]  # same prompt and seed
-        studio.vote(rater, p["a"], p["b"], prefer(ga, gb, cand), f"{rater}-{i}")
+        row = studio.vote(studio.rater(rater, TOKENS.get(rater)), p["a"], p["b"], prefer(ga, gb, cand), f"{rater}-{i}")
+        TOKENS[rater] = row["rater_token"]
         cast += 1
     return cast
 

@@ -10,6 +10,8 @@ import pytest
 from .conftest import MODELS
 from .studio_fixtures import PASSWORD
 
+TOKENS: dict = {}  # (studio, rater name) -> rater_token, as the browser keeps it
+
 
 def make_studio(tmp_path, **kw):
     if not (MODELS / "toy-lcm").exists() or not (MODELS / "toy-clip").exists():
@@ -31,7 +33,8 @@ def label(studio, n):
     for _ in range(n):
         p = studio.next_pair()
         choice = warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"])
-        studio.vote("sim", p["a"], p["b"], choice, str(uuid.uuid4()))
+        row = studio.vote(studio.rater("sim", TOKENS.get((studio, "sim"))), p["a"], p["b"], choice, str(uuid.uuid4()))
+        TOKENS[(studio, "sim")] = row["rater_token"]
 
 
 def wait_round(studio, timeout=300):
