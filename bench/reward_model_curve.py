@@ -92,9 +92,9 @@ def main() -> None:
     if not Path(args.clip).is_dir() and "/" in args.clip:
         if not quick:
             sys.exit(f"{args.clip} not found; build it (python -m rlcm.toy.build) or pass --clip")
-        from tests.fixtures_rm import make_random_clip
+        from rlcm.toy.models import random_clip
 
-        args.clip = str(make_random_clip(Path(tempfile.mkdtemp())))
+        args.clip = str(random_clip(tempfile.mkdtemp()))
         clip_note = "random-weight toy CLIP (data/models/toy-clip not built yet)"
     from rlcm.clip import load_clip
 

@@ -34,6 +34,7 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from results import results_path, update_section  # noqa: E402
+from rlcm.__main__ import learned_reward  # noqa: E402
 from rlcm.trainer import RLCMConfig, RLCMTrainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ def shown(path: Path, start: Path) -> str:
 
 def train_for(name: str, cfg: RLCMConfig, budget_s: float) -> dict:
     """Train until `budget_s` seconds of training; held-out evaluations on a 25%-or-tenth-of-budget schedule."""
-    trainer = RLCMTrainer(cfg)
+    trainer = RLCMTrainer(cfg, reward_fn=learned_reward(cfg))  # rlcm takes a learned reward as a function
     rollout = {"s": 0.0, "images": 0}
     sample = trainer.policy.sample
 

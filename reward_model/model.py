@@ -93,6 +93,13 @@ class RewardModel(ModelHubMixin, library_name="rlcm-studio", tags=["reward-model
         """(N,) reward of each image for its prompt (mean over the ensemble; higher is preferred)."""
         return self.head_scores_for(images, prompts).mean(0).cpu()
 
+    def as_reward_fn(self) -> Callable[[list, list[str]], "np.ndarray"]:
+        """`fn(images, prompts) -> (N,) float32 np.ndarray` of `score`: the form `rlcm.rewards` takes a learned
+        reward in (e.g. `get_reward("preference", model=rm.as_reward_fn())`), so `rlcm` never imports this package."""
+        import numpy as np
+
+        return lambda images, prompts: self.score(list(images), list(prompts)).numpy().astype(np.float32)
+
     def uncertainty(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         """(N,) standard deviation of the reward across the ensemble (0 for a single head)."""
         r = self.head_scores_for(images, prompts)

@@ -3,6 +3,7 @@
 Examples:
   python -m rlcm train --reward jpeg_compressibility --epochs 30 --output-dir runs/compress
   python -m rlcm train --preset paper_aesthetic --reward-kwargs '{"weights": "aesthetic.pth"}'
+  python -m rlcm train --reward preference --reward-kwargs '{"model": "runs/live/reward_model"}'
   python -m rlcm sample --model data/models/toy-lcm --lora runs/compress/lora \
       --prompt "a red circle on a blue background" --steps 4 --seed 0 --out x.png
 """
@@ -33,6 +34,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=str, default=None)
 
 
+def learned_reward(cfg: RLCMConfig):
+    """The reward function for `cfg` when it names the learned `preference` reward with a model path, else None.
+
+    The CLI wires the layers: `rlcm` itself takes learned rewards as functions and never imports `reward_model`.
+    """
+    from .rewards import get_reward, parse_reward
+
+    model = cfg.reward_kwargs.get("model")
+    if not isinstance(model, str) or "preference" not in [name for _, name in parse_reward(cfg.reward)]:
+        return None
+    import reward_model
+
+    return get_reward(cfg.reward, **{**cfg.reward_kwargs, "model": reward_model.load(model).as_reward_fn()})
+
+
 def cmd_train(args) -> None:
     from tqdm import tqdm
 
@@ -50,7 +66,7 @@ def cmd_train(args) -> None:
             bar.set_postfix(shown)
             bar.refresh()
 
-    trainer = RLCMTrainer(cfg, callbacks=[on_event])
+    trainer = RLCMTrainer(cfg, reward_fn=learned_reward(cfg), callbacks=[on_event])
     history = trainer.train()
     bar.close()
     if trainer.accelerator.is_main_process:

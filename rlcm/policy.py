@@ -7,7 +7,8 @@ not an action: trajectories of n steps have n - 1 stochastic actions, and the re
 `DDIMPolicy` is the DDPO baseline: DDIM with eta = 1, whose posterior is Gaussian at every step.
 
 Both reproduce their diffusers pipeline exactly for the same generator(s) (same random draws in the same
-order), and compute log-probs in float32 whatever the model dtype.
+order), including the scheduler's clip / dynamic-threshold step on x0 when its config turns one on, and compute
+log-probs in float32 whatever the model dtype.
 """
 
 from __future__ import annotations
@@ -34,6 +35,30 @@ class Trajectory:
     latents: torch.Tensor  # (B, C, H, W) final clean latents (decoded into images)
     images: list  # B PIL images
     ref_means: torch.Tensor | None = None  # (B, T, C, H, W) action means of the base model (KL anchor)
+
+    @property
+    def uses_cfg(self) -> bool:
+        """True when `embeds` holds [uncond; cond] (2B rows) for classifier-free guidance."""
+        return self.embeds.shape[0] == 2 * len(self.prompts) != 0
+
+    @classmethod
+    def cat(cls, trajs: list["Trajectory"]) -> "Trajectory":
+        """One trajectory of all samples of `trajs` (same sampler, same timesteps), in order."""
+        if not trajs:
+            raise ValueError("no trajectories to join")
+        first = trajs[0]
+        if any(not torch.equal(t.timesteps, first.timesteps) for t in trajs):
+            raise ValueError("trajectories sampled with different timesteps cannot be joined")
+        if first.uses_cfg:  # keep the [uncond; cond] halves apart: (2B, L, D) -> (2 sum B, L, D)
+            halves = [t.embeds.chunk(2) for t in trajs]
+            embeds = torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+        else:
+            embeds = torch.cat([t.embeds for t in trajs])
+        cat = lambda name: torch.cat([getattr(t, name) for t in trajs])  # noqa: E731
+        return cls(prompts=[p for t in trajs for p in t.prompts], embeds=embeds, states=cat("states"),
+                   actions=cat("actions"), timesteps=first.timesteps, log_probs=cat("log_probs"),
+                   latents=cat("latents"), images=[im for t in trajs for im in t.images],
+                   ref_means=cat("ref_means") if first.ref_means is not None else None)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -119,6 +144,16 @@ class _Policy:
             return sa * x - sb * out, sa * out + sb * x
         raise ValueError(f"prediction_type {kind!r} is not supported; valid: epsilon, v_prediction")
 
+    def clip_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding or clipping of the predicted x0 when the scheduler's config asks for it (LCMScheduler
+        step 5, DDIMScheduler step 4), with the scheduler's own code; the identity at the default config."""
+        cfg = self.scheduler.config
+        if cfg.thresholding:
+            return self.scheduler._threshold_sample(x0)
+        if cfg.clip_sample:
+            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        return x0
+
     def _batch_embeds(self, embeds: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
         if not self.uses_cfg:
             return embeds[idx]
@@ -199,9 +234,11 @@ class LCMPolicy(_Policy):
         a = self.alphas[t]
         a_prev = self.alphas[s.timesteps[i + 1]] if i + 1 < len(s.timesteps) else torch.tensor(1.0)
         out = self.predict(unet, x, t, embeds)
-        # 3. boundary conditions; 4. x0 from the model output; 6. denoised (LCMScheduler.step numbering)
+        # 3. boundary conditions; 4. x0 from the model output; 5. clip / threshold x0; 6. denoised
+        # (LCMScheduler.step numbering)
         c_skip, c_out = s.get_scalings_for_boundary_condition_discrete(t)
         x0, _ = self.x0_eps(out, x, a)
+        x0 = self.clip_x0(x0)
         denoised = c_out * x0 + c_skip * x
         # 7. the policy: x' ~ N(sqrt(a') denoised, (1 - a') I)
         mean = a_prev.sqrt().to(x.dtype) * denoised
@@ -224,6 +261,8 @@ class DDIMPolicy(_Policy):
         a = self.alphas[t]
         a_prev = self.alphas[prev_t] if prev_t >= 0 else s.final_alpha_cumprod.float()
         x0, eps = self.x0_eps(self.predict(unet, x, t, embeds), x, a)
+        # step 4 of DDIMScheduler.step; eps stays the model's (the pipeline does not pass use_clipped_model_output)
+        x0 = self.clip_x0(x0)
         var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
         std = self.eta * var.sqrt()
         mean = a_prev.sqrt().to(x.dtype) * x0 + (1 - a_prev - std**2).sqrt().to(x.dtype) * eps

@@ -139,14 +139,17 @@ def aesthetic(weights: str = "", clip: str = "ViT-L-14", pretrained: str | None 
     return fn
 
 
-def preference(model: str = "", device: str = "cpu", **_) -> RewardFn:
-    """The learned reward model (a directory or zip exported by `reward_model.export`)."""
-    if not model:
-        raise ValueError("the preference reward needs `model`: the path of an exported reward model")
-    import reward_model
-
-    rm = reward_model.load(model)
-    return lambda images, prompts: rm.score(images, list(prompts)).detach().cpu().numpy().astype(np.float32)
+def preference(model: RewardFn | None = None, **_) -> RewardFn:
+    """A learned reward, passed in loaded: `model` is `fn(images, prompts)`, e.g. `reward_model.load(path)
+    .as_reward_fn()` (`python -m rlcm train --reward-kwargs '{"model": PATH}'` loads it so). `rlcm` sits below
+    `reward_model` and never imports it."""
+    if model is None or model == "":
+        raise ValueError("the preference reward needs `model`: a loaded reward function, e.g. "
+                         "reward_model.load(path).as_reward_fn()")
+    if not callable(model):
+        raise ValueError(f"the preference reward takes a loaded reward function, not {model!r}: pass "
+                         "reward_model.load(path).as_reward_fn() (the `python -m rlcm train` CLI loads a path)")
+    return model
 
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {

@@ -1,15 +1,25 @@
 """The RLCM trainer: PPO-style policy gradient with LoRA on a few-step sampler (Oertell et al., 2024).
 
 One epoch = sample a batch of trajectories (rewards computed in a worker thread while the next batch is
-sampled), normalise advantages per prompt, then one pass of clipped-surrogate gradients accumulated over
-all samples and timesteps, one optimiser step. Built on accelerate: the same code runs on a CPU, one GPU,
-or several processes (`accelerate launch`, or `debug_launcher` for 2 CPU ranks).
-The same loop runs DDPO when the pipeline's scheduler is DDIM (see `rlcm.policy.make_policy`).
+sampled), normalise advantages per prompt, join the sampled batches into one trajectory (as ddpo-pytorch
+does), then `inner_epochs` passes of clipped-surrogate gradients over shuffled minibatches and every action,
+under `accelerator.accumulate`: `optimizer_steps_per_epoch` optimiser steps, each on the mean gradient of an
+equal share of the backward passes. Built on accelerate: the same code runs on a CPU, one GPU, or several
+processes (`accelerate launch`, or `debug_launcher` for 2 CPU ranks). The same loop runs DDPO when the
+pipeline's scheduler is DDIM (see `rlcm.policy.make_policy`).
+
+Facts a reader comparing with the paper or the official code (Owen-Oertell/rlcm) should know:
+- At the defaults (one optimiser step per epoch, one inner epoch) every gradient is taken at the weights the
+  samples came from, so every ratio is exactly 1 at the update (clipfrac 0): the PPO clip never acts, and the
+  update is REINFORCE with per-prompt normalised advantages, as in the paper. The clip matters only with
+  several optimiser steps or inner epochs per round.
+- Timesteps are diffusers 0.42's `LCMScheduler.set_timesteps` (linspace over the 50-step origin grid); the
+  official code uses `origin[::-skip][:n]`. They agree at 2 steps; at 8 steps 4 of the 8 timesteps differ.
+- The optimiser is AdamW at a constant learning rate; the reference uses Adam with a linear decay.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
@@ -37,7 +47,9 @@ class RLCMConfig:
     model: str = DEFAULT_MODEL  # pipeline directory or hub id
     lcm_lora: str | None = None  # SD-1.5 + this LCM-LoRA instead of an LCM checkpoint
     reward: str = "jpeg_compressibility"  # name in rlcm.rewards.REWARDS, or a weighted sum "a+0.1*b"
-    reward_kwargs: dict = field(default_factory=dict)  # e.g. {"model": "runs/rm"} for `preference`
+    # JSON kwargs of the reward factories; {"model": "runs/rm"} for `preference` is loaded by the CLI and handed
+    # to RLCMTrainer as `reward_fn` (rlcm takes learned rewards as functions)
+    reward_kwargs: dict = field(default_factory=dict)
     prompt_set: str = "toy"  # toy | simple_animals | imagenet_animals | a text file
     train_prompts: int = 16  # size of the training prompt pool (toy set)
     num_steps: int = 4  # inference steps = horizon (RLCM: 2-16; DDPO baseline: 50)
@@ -47,7 +59,9 @@ class RLCMConfig:
     images_per_prompt: int = 4  # ... each sampled this often (per-prompt advantages need repeats)
     sample_batch_size: int = 16  # images per sampling forward pass
     train_batch_size: int = 16  # samples per gradient forward pass
-    optimizer_steps_per_epoch: int = 1  # the paper: one; gradients accumulate over samples and timesteps
+    # the paper: one; gradients accumulate over samples and timesteps. The backward passes of an epoch
+    # (minibatches x actions x inner_epochs) must split evenly into this many steps.
+    optimizer_steps_per_epoch: int = 1
     inner_epochs: int = 1  # PPO passes over each round's samples
     lr: float = 5e-4  # the paper uses 1e-4 with 256 samples per round; the toy default takes 32
     adam_beta1: float = 0.9
@@ -87,10 +101,42 @@ class RLCMConfig:
             raise ValueError(f"kl_units {self.kl_units!r}; valid: {', '.join(KL_UNITS)}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision {self.mixed_precision!r}; valid: no, fp16, bf16")
+        for name in ("optimizer_steps_per_epoch", "inner_epochs", "train_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @property
     def samples_per_epoch(self) -> int:
         return self.prompts_per_epoch * self.images_per_prompt
+
+    def backward_passes(self, actions: int) -> int:
+        """Backward passes per epoch: one per training minibatch, action and inner epoch."""
+        return self.samples_per_epoch // self.train_batch_size * actions * self.inner_epochs
+
+    def accumulation_steps(self, actions: int) -> int:
+        """Backward passes per optimiser step; ValueError unless they split evenly into the epoch's steps (a
+        remainder would step on a partial sum and carry its gradient into the next epoch)."""
+        n, k = self.backward_passes(actions), self.optimizer_steps_per_epoch
+        if n % k:
+            raise ValueError(
+                f"optimizer_steps_per_epoch={k} does not divide the {n} backward passes of an epoch "
+                f"({self.samples_per_epoch // self.train_batch_size} minibatches x {actions} actions x "
+                f"{self.inner_epochs} inner epochs); choose a divisor of {n}")
+        return n // k
+
+
+def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+             clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate for one action of a minibatch: (loss, ratio).
+
+    loss = mean_i max(-A_i r_i, -A_i clip(r_i, 1 - eps, 1 + eps)) with r_i = exp(logp_i - old_logp_i): the
+    pessimistic bound, whose gradient vanishes once a ratio has moved past the clip in its advantage's direction.
+    Shapes: (b,) each; loss ().
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), ratio
 
 
 def _paper(**kw) -> RLCMConfig:
@@ -121,7 +167,6 @@ class RLCMTrainer:
 
         self.cfg = cfg
         self.callbacks = callbacks or []
-        mb = cfg.samples_per_epoch // cfg.train_batch_size
         self.accelerator = accelerator or Accelerator(
             mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
         set_seed(cfg.seed, device_specific=True)
@@ -132,6 +177,8 @@ class RLCMTrainer:
         self.policy = make_policy(self.pipe, cfg.num_steps, cfg.guidance_scale)
         if cfg.kl_coef and cfg.kl_units == "x0" and not isinstance(self.policy, LCMPolicy):
             raise ValueError("kl_units='x0' needs an LCMScheduler pipeline (the DDIM mean mixes x0 and eps)")
+        self.actions = self.policy.num_steps - (1 if self.policy.final_step_is_deterministic else 0)
+        self.accum = cfg.accumulation_steps(self.actions)  # checked before the pipeline gets its LoRA
         self.lora_config = lora_utils.add_lora(self.pipe.unet, cfg.lora_rank, cfg.lora_alpha)
         if cfg.init_lora:
             from safetensors.torch import load_file
@@ -144,8 +191,6 @@ class RLCMTrainer:
                                            weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         self.unet, self.optimizer = acc.prepare(self.pipe.unet, self.optimizer)
         self.params = params
-        self.actions = self.policy.num_steps - (1 if self.policy.final_step_is_deterministic else 0)
-        self.accum = mb * self.actions * cfg.inner_epochs // cfg.optimizer_steps_per_epoch
         self.reward_fn = reward_fn or get_reward(cfg.reward, **cfg.reward_kwargs)
         self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
         self.train_prompts = get_prompts(cfg.prompt_set, "train", cfg.train_prompts if cfg.prompt_set == "toy"
@@ -239,51 +284,42 @@ class RLCMTrainer:
         return np.clip(local, -self.cfg.adv_clip_max, self.cfg.adv_clip_max), all_rewards
 
     def _train_epoch(self, trajs: list[Trajectory], adv: np.ndarray) -> dict:
+        """`inner_epochs` passes over the joined samples; `optimizer_steps_per_epoch` optimiser steps."""
         cfg, acc = self.cfg, self.accelerator
+        traj = Trajectory.cat(trajs)  # (N, T, ...): rows in the order of `adv`
+        n = len(traj.prompts)
+        adv_t = torch.tensor(adv, dtype=torch.float32, device=self.policy.device)  # (N,)
+        # every epoch starts from zero gradients and a fresh accumulation window (the accelerator's gradient
+        # state is shared by every Accelerator in the process, so set it here rather than once)
+        for p in self.params:
+            p.grad = None
+        acc.gradient_accumulation_steps = self.accum
+        acc.step = 0
         self.unet.train()
-        # flatten batches: (traj index, row) pairs, reshuffled into training minibatches
-        rows = [(k, r) for k, tr in enumerate(trajs) for r in range(len(tr.prompts))]
-        offsets = np.cumsum([0] + [len(tr.prompts) for tr in trajs]).tolist()  # row index -> advantage index
-        adv_t = torch.tensor(adv, dtype=torch.float32, device=self.policy.device)
-        info = {"approx_kl": [], "clipfrac": [], "loss": [], "kl_to_base": []}
-        done_backwards = 0
+        info = {"approx_kl": [], "clipfrac": [], "loss": [], "kl_to_base": [], "grad_norm": []}
         for _ in range(cfg.inner_epochs):
-            perm = torch.randperm(len(rows)).tolist()
-            for mb_start in range(0, len(rows), cfg.train_batch_size):
-                mb = [rows[p] for p in perm[mb_start:mb_start + cfg.train_batch_size]]
+            perm = torch.randperm(n)
+            for start in range(0, n, cfg.train_batch_size):
+                idx = perm[start:start + cfg.train_batch_size]  # (b,) rows of this minibatch
                 for j in torch.randperm(self.actions).tolist():
-                    loss = 0.0
-                    # rows may come from several sampling batches: group by batch for the forward passes
-                    for k in sorted({k for k, _ in mb}):
-                        idx = torch.tensor([r for kk, r in mb if kk == k])
-                        gidx = idx + offsets[k]
-                        tr = trajs[k]
+                    with acc.accumulate(self.unet):
                         with acc.autocast():
-                            mean, std = self.policy.action_dist(self.unet, tr, j, idx)
-                        logp = gaussian_log_prob(tr.actions[idx, j], mean, std)
-                        ratio = torch.exp(logp - tr.log_probs[idx, j].to(logp.device))
-                        a = adv_t[gidx]
-                        unclipped = -a * ratio
-                        clipped = -a * torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-                        part = torch.maximum(unclipped, clipped).sum() / len(mb)
-                        if tr.ref_means is not None:
-                            kl = anchor_penalty(mean, tr.ref_means[idx, j].to(mean.device), std, cfg.kl_units)
-                            part = part + cfg.kl_coef * kl.sum() / len(mb)
+                            mean, std = self.policy.action_dist(self.unet, traj, j, idx)
+                        logp = gaussian_log_prob(traj.actions[idx, j], mean, std)  # (b,) float32
+                        old = traj.log_probs[idx, j].to(logp.device)
+                        loss, ratio = ppo_loss(logp, old, adv_t[idx], cfg.clip_range)
+                        if traj.ref_means is not None:
+                            kl = anchor_penalty(mean, traj.ref_means[idx, j].to(mean.device), std, cfg.kl_units)
+                            loss = loss + cfg.kl_coef * kl.mean()
                             info["kl_to_base"].append(kl.mean().item())
-                        loss = loss + part
-                        info["approx_kl"].append(0.5 * ((logp - tr.log_probs[idx, j]) ** 2).mean().item())
-                        info["clipfrac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
-                    done_backwards += 1
-                    sync = done_backwards % self.accum == 0
-                    ctx = acc.no_sync(self.unet) if not sync else contextlib.nullcontext()
-                    with ctx:
-                        acc.backward(loss / self.accum)
-                    info["loss"].append(float(loss.detach()))
-                    if sync:
-                        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                        self.optimizer.step()
+                        acc.backward(loss)  # divided by the accumulation steps: the step sees the mean
+                        if acc.sync_gradients:
+                            info["grad_norm"].append(float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm)))
+                        self.optimizer.step()  # a no-op until the accumulation window is full
                         self.optimizer.zero_grad(set_to_none=True)
-                        info.setdefault("grad_norm", []).append(float(grad_norm))
+                    info["loss"].append(float(loss.detach()))
+                    info["approx_kl"].append(0.5 * ((logp - old) ** 2).mean().item())
+                    info["clipfrac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
         return {k: float(np.mean(v)) for k, v in info.items() if v}
 
     # ------------------------------------------------------------ loop, checkpoints

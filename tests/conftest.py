@@ -39,6 +39,30 @@ def toy_clip_path() -> Path:
     return shipped("toy-clip")
 
 
+TOY_CLIP = MODELS / "toy-clip"
+
+
+def toy_clip_present() -> bool:
+    return (TOY_CLIP / "open_clip_model.safetensors").is_file() and any(TOY_CLIP.glob("*.json"))
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    """`data/models/toy-clip` when built, otherwise a random-weight CLIP of the same architecture."""
+    if toy_clip_present():
+        return TOY_CLIP
+    from rlcm.toy.models import random_clip
+
+    return random_clip(tmp_path_factory.mktemp("random-toy-clip"))
+
+
+@pytest.fixture(scope="session")
+def clip(clip_dir):
+    from rlcm.clip import load_clip
+
+    return load_clip(clip_dir)
+
+
 @pytest.fixture
 def tiny_lcm():
     """A random-weight LCM of the SD-1.5 / Dreamshaper layout."""

@@ -1,53 +1,15 @@
-"""Fixtures for the feedback and reward-model tests: a CLIP (the shipped toy one, else random weights) and stores.
+"""Helpers for the feedback and reward-model tests: renders, filled stores, labelled pairs.
 
-Import the fixtures you use into a test module: `from tests.fixtures_rm import clip, clip_dir, ...`.
+The `clip` and `clip_dir` fixtures live in `tests/conftest.py`; they are re-exported here for modules that still
+import them from this one.
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
-
-import pytest
 
 from rlcm.toy import world
-
-ROOT = Path(__file__).resolve().parent.parent
-TOY_CLIP = ROOT / "data" / "models" / "toy-clip"
-
-
-def toy_clip_present() -> bool:
-    return (TOY_CLIP / "open_clip_model.safetensors").is_file() and any(TOY_CLIP.glob("*.json"))
-
-
-def make_random_clip(directory: Path, seed: int = 0) -> Path:
-    """A random-weight toy CLIP saved as an open_clip model directory (what `load_clip(dir)` reads)."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    from rlcm.toy.models import register_clip_config
-
-    name = register_clip_config(directory)
-    torch.manual_seed(seed)
-    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "open_clip_model.safetensors")
-    return directory
-
-
-@pytest.fixture(scope="session")
-def clip_dir(tmp_path_factory) -> Path:
-    """`data/models/toy-clip` when built, otherwise a random-weight CLIP of the same architecture."""
-    if toy_clip_present():
-        return TOY_CLIP
-    return make_random_clip(tmp_path_factory.mktemp("random-toy-clip"))
-
-
-@pytest.fixture(scope="session")
-def clip(clip_dir):
-    from rlcm.clip import load_clip
-
-    return load_clip(clip_dir)
+from tests.conftest import ROOT, TOY_CLIP, clip, clip_dir, toy_clip_present  # noqa: F401 (re-exported)
 
 
 def render(seed: int):

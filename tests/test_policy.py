@@ -101,3 +101,41 @@ def test_x0_anchor_is_the_clean_latent_change_at_every_step(tiny_lcm):
     assert action_kls[0] < action_kls[-1] / 10  # same 0.1 change: the layout step is barely anchored in KL
     with pytest.raises(ValueError, match="valid: action, x0"):
         anchor_penalty(mean, mean, std, "pixels")
+
+
+@pytest.mark.parametrize("step5", [{"clip_sample": True, "clip_sample_range": 0.8},
+                                   {"thresholding": True, "sample_max_value": 1.5, "dynamic_thresholding_ratio": 0.9}])
+def test_x0_clip_and_threshold_follow_the_scheduler(step5):
+    """With the scheduler's clip / dynamic threshold on x0 turned on, LCM and DDIM samples still equal the pipelines'
+    (and differ from the unclipped ones, so the option really acted), and log-probs still recompute exactly."""
+    for pipe, steps, guidance, kw in ((lcm_pipeline("tiny"), 4, 8.0, {}), (sd15_pipeline("tiny"), 6, 5.0, {"eta": 1.0})):
+        pipe.set_progress_bar_config(disable=True)
+        plain = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
+                     generator=torch.Generator().manual_seed(5), **kw).images
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **step5)
+        ref = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
+                   generator=torch.Generator().manual_seed(5), **kw).images
+        policy = make_policy(pipe, steps, guidance)
+        tr, mine = policy_images(policy, 5)
+        assert torch.equal(ref, mine) and (ref - plain).abs().max() > 0.01
+        with torch.no_grad():
+            for j in range(tr.actions.shape[1]):
+                assert torch.equal(policy.log_prob(pipe.unet, tr, j), tr.log_probs[:, j])
+
+
+def test_trajectories_join_in_order(tiny_lcm):
+    """`Trajectory.cat` keeps each sample's rows together, also the [uncond; cond] halves of CFG embeddings."""
+    from rlcm.policy import Trajectory
+
+    for pipe, guidance in ((tiny_lcm, 8.0), (sd15_pipeline("tiny"), 5.0)):
+        policy = make_policy(pipe, 2, guidance)
+        parts = [policy.sample([p], generator=torch.Generator().manual_seed(i), decode=False)
+                 for i, p in enumerate(PROMPTS)]
+        both = Trajectory.cat(parts)
+        assert both.prompts == PROMPTS and both.uses_cfg == policy.uses_cfg
+        with torch.no_grad():
+            for k, part in enumerate(parts):
+                for j in range(both.actions.shape[1]):
+                    assert torch.equal(policy.log_prob(pipe.unet, both, j, torch.tensor([k])), part.log_probs[:, j])
+    with pytest.raises(ValueError, match="no trajectories"):
+        Trajectory.cat([])

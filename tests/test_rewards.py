@@ -96,3 +96,49 @@ def test_alignment_guard_adds_the_clip_score(toy_clip_path):
     expected = base(imgs, prompts) + 0.5 * 100 * clip.score(imgs, prompts).numpy()
     assert np.allclose(guarded, expected, atol=1e-4)
     assert with_alignment_guard(base, clip, 0.0) is base
+
+
+def test_rlcm_never_imports_the_layers_above_it():
+    """`rlcm` is the bottom layer: learned rewards come in as functions. Only its CLI (`__main__`) wires layers."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "rlcm"
+    above = {"reward_model", "feedback", "studio", "app", "bench", "tests"}
+    found = []
+    for path in root.rglob("*.py"):
+        if path.name == "__main__.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            found += [f"{path.relative_to(root.parent)}: {n}" for n in names if n.split(".")[0] in above]
+    assert not found
+
+
+def test_preference_takes_a_loaded_reward_function(clip, tmp_path):
+    """`RewardModel.as_reward_fn()` plugs into `preference` (alone or in a sum); a path is refused with the recipe,
+    and the CLI's `learned_reward` loads an exported model from its path."""
+    import reward_model
+    from feedback import RATERS
+    from rlcm.__main__ import learned_reward
+    from rlcm.trainer import RLCMConfig
+    from tests.fixtures_rm import labelled_pairs
+
+    pairs = labelled_pairs(RATERS["warm_colours"], 40, 24, seed=1)
+    rm, metrics = reward_model.fit(pairs, clip, reward_model.FitConfig(ensemble_size=2))
+    scenes = [world.sample_scene(100 + i) for i in range(3)]
+    imgs, prompts = [world.render(s) for s in scenes], [world.caption(s) for s in scenes]
+    fn = get_reward("preference", model=rm.as_reward_fn())
+    r = fn(imgs, prompts)
+    assert isinstance(r, np.ndarray) and r.dtype == np.float32 and r.shape == (3,)
+    assert np.allclose(r, rm.score(imgs, prompts).numpy())
+    with pytest.raises(ValueError, match="as_reward_fn"):
+        get_reward("preference", model=str(tmp_path))
+    with pytest.raises(ValueError, match="needs `model`"):
+        get_reward("preference")
+    rm_dir, _ = reward_model.export(rm, tmp_path / "rm", metrics)
+    cfg = RLCMConfig(reward="preference+0.5*jpeg_compressibility", reward_kwargs={"model": str(rm_dir)})
+    jpeg = get_reward("jpeg_compressibility")(imgs, prompts)
+    assert np.allclose(learned_reward(cfg)(imgs, prompts), r + 0.5 * jpeg, atol=1e-4)
+    assert learned_reward(RLCMConfig(reward="jpeg_compressibility")) is None

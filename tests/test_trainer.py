@@ -126,3 +126,27 @@ def test_kl_anchor_pulls_the_policy_back_to_the_base(tmp_path, units):
     with torch.no_grad():
         ref = tr.policy.action_dist(fresh.unet, t, 0)[0]
     assert torch.allclose(ref, t.ref_means[:, 0], atol=1e-5)
+
+
+def test_reward_rises_on_the_toy_lcm(tmp_path, toy_lcm_path):
+    """A few epochs on an easy reward (brightness) move the held-out reward (fixed prompts and seeds) up."""
+    from rlcm.pipelines import load_pipeline
+
+    pipe = load_pipeline(str(toy_lcm_path), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    cfg = RLCMConfig(model=str(toy_lcm_path), epochs=5, prompts_per_epoch=4, images_per_prompt=8, sample_batch_size=32,
+                     train_batch_size=32, num_steps=3, lr=1e-2, eval_every=5, eval_prompts=8, train_prompts=8,
+                     output_dir=str(tmp_path / "run"), checkpoint_every=10**6)
+    hist = RLCMTrainer(cfg, pipe=pipe, reward_fn=brightness).train()
+    before, after = hist[0]["eval_reward_mean"], hist[-1]["eval_reward_mean"]
+    assert after > before + 0.1, (before, after)
+
+
+def test_accumulation_must_divide_the_backward_passes(tmp_path):
+    """3 optimiser steps cannot share 2 backward passes (1 minibatch x 2 actions): refused, the pipeline untouched."""
+    pipe = lcm_pipeline("tiny", seed=0)
+    with pytest.raises(ValueError, match="does not divide the 2 backward passes"):
+        RLCMTrainer(tiny_config(tmp_path, optimizer_steps_per_epoch=3), pipe=pipe, reward_fn=brightness)
+    assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
+    with pytest.raises(ValueError, match="at least 1"):
+        tiny_config(tmp_path, inner_epochs=0)

@@ -101,3 +101,18 @@ def register_clip_config(directory: str | Path) -> str:
         path.write_text(json.dumps(CLIP_CONFIG, indent=2))
     open_clip.add_model_config(path)
     return CLIP_NAME
+
+
+def random_clip(directory: str | Path, seed: int = 0) -> Path:
+    """A random-weight toy CLIP saved as an open_clip model directory (what `rlcm.clip.load_clip(dir)` reads): a
+    stand-in backbone for tests and quick benchmarks when `data/models/toy-clip` is not built."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    name = register_clip_config(directory)
+    torch.manual_seed(seed)
+    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "open_clip_model.safetensors")
+    return directory

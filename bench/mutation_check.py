@@ -1,0 +1,172 @@
+"""Mutation check: plant wrong-math and wrong-logic mutants in a copy of the repository; the tests must catch each.
+
+    python bench/mutation_check.py                 # every mutant; writes the "Mutation check" section of RESULTS.md
+    python bench/mutation_check.py --only kl_sign  # some mutants by name; nothing recorded
+    python bench/mutation_check.py --list
+
+The working tree (tracked and untracked, not ignored files) is copied to a temporary directory. First the
+unmutated copy must pass every test file the mutants use (otherwise "killed" would mean nothing); then each mutant
+replaces one exact snippet (which must occur exactly once) in one file, runs its test files with pytest in a
+subprocess (OMP_NUM_THREADS=1, one torch thread, stop at the first failure) and is put back. A mutant is killed
+when pytest fails. Prints a markdown table and a final JSON line; exits 1 if a mutant survived, the baseline
+failed or a snippet was not found (the code moved on: update the mutant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MATH, STATS, POLICY = "tests/test_math.py", "tests/test_stats.py", "tests/test_policy.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # file, relative to the repository root
+    old: str  # exact snippet, found exactly once
+    new: str
+    tests: tuple[str, ...]  # test files that must fail
+    what: str  # the bug, in words
+
+
+MUTANTS = [
+    Mutant("logprob_sum", "rlcm/policy.py", "return lp.mean(dim=tuple(range(1, lp.ndim)))",
+           "return lp.sum(dim=tuple(range(1, lp.ndim)))", (MATH,),
+           "per-step log-prob summed over C*H*W instead of averaged (~1000x the step size)"),
+    Mutant("kl_sum", "rlcm/policy.py", "return 0.5 * d.pow(2).mean(dim=tuple(range(1, d.ndim)))",
+           "return 0.5 * d.pow(2).sum(dim=tuple(range(1, d.ndim)))", (MATH,),
+           "KL anchor summed over dims instead of averaged"),
+    Mutant("step5_clip_dropped", "rlcm/policy.py", "x0, _ = self.x0_eps(out, x, a)\n        x0 = self.clip_x0(x0)",
+           "x0, _ = self.x0_eps(out, x, a)", (MATH,),
+           "LCM policy skips the scheduler's x0 clip / threshold (step 5)"),
+    Mutant("adv_sign", "rlcm/stats.py", "(rewards[mask] - ref.mean())", "(ref.mean() - rewards[mask])",
+           (STATS, MATH), "advantage sign flipped in the stat tracker (training would minimise the reward)"),
+    Mutant("stats_sum_for_mean", "rlcm/stats.py", "(rewards[mask] - ref.mean())", "(rewards[mask] - ref.sum())",
+           (STATS, MATH), "stat tracker centres on the buffer's sum instead of its mean"),
+    Mutant("ratio_inverted", "rlcm/trainer.py", "ratio = torch.exp(logp - old_logp)",
+           "ratio = torch.exp(old_logp - logp)", (MATH,), "importance ratio pi_old / pi_new"),
+    Mutant("ratio_clip_removed", "rlcm/trainer.py",
+           "clipped = -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)", "clipped = -adv * ratio",
+           (MATH,), "PPO ratio clip removed"),
+    Mutant("ratio_clip_optimistic", "rlcm/trainer.py", "torch.maximum(unclipped, clipped)",
+           "torch.minimum(unclipped, clipped)", (MATH,), "PPO takes the optimistic (min-loss) bound"),
+    Mutant("adv_clip_removed", "rlcm/trainer.py",
+           "return np.clip(local, -self.cfg.adv_clip_max, self.cfg.adv_clip_max), all_rewards",
+           "return local, all_rewards", (MATH,), "advantage clipping removed"),
+    Mutant("kl_sign", "rlcm/trainer.py", "loss = loss + cfg.kl_coef * kl.mean()",
+           "loss = loss - cfg.kl_coef * kl.mean()", (MATH,), "KL penalty sign flipped (pushes away from the base)"),
+    Mutant("accum_too_small", "rlcm/trainer.py", "        return n // k\n", "        return n // (k + 1)\n",
+           (MATH,), "accumulation count too small: extra steps on partial sums"),
+    Mutant("accum_ignores_steps", "rlcm/trainer.py", "        return n // k\n", "        return n\n",
+           (MATH,), "accumulation count ignores optimizer_steps_per_epoch (one step per epoch)"),
+    Mutant("stale_gradient", "rlcm/trainer.py", "        for p in self.params:\n            p.grad = None\n", "",
+           (MATH,), "gradients not zeroed at the start of an epoch"),
+    Mutant("bt_sign", "reward_model/head.py", "binary_cross_entropy_with_logits(r_a - r_b,",
+           "binary_cross_entropy_with_logits(r_b - r_a,", (MATH,), "Bradley-Terry logit r_b - r_a"),
+    Mutant("bt_label", "reward_model/head.py", "y.expand_as(r_a)", "(1 - y).expand_as(r_a)", (MATH,),
+           "Bradley-Terry labels flipped"),
+]
+
+
+def copy_tree(dst: Path) -> None:
+    """The working tree's tracked and untracked, not ignored files (what a commit of everything would hold)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool, float, str]:
+    """(passed, seconds, last lines of the output) of pytest on `tests` in `copy`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLCM_TEST_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    t = time.perf_counter()
+    try:
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                             cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        ok, out = res.returncode == 0, res.stdout + res.stderr
+    except subprocess.TimeoutExpired:
+        ok, out = False, "timeout"
+    return ok, time.perf_counter() - t, "\n".join(out.strip().splitlines()[-3:])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=None, help="mutant names (default: all); nothing is recorded")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
+    ap.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
+    args = ap.parse_args()
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:24s} {m.path:22s} {m.what}")
+        return 0
+    names = {m.name for m in MUTANTS}
+    if args.only is not None and set(args.only) - names:
+        ap.error(f"unknown mutants {sorted(set(args.only) - names)}; valid: {sorted(names)}")
+    mutants = [m for m in MUTANTS if args.only is None or m.name in args.only]
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        copy = Path(tmp)
+        copy_tree(copy)
+        tests = sorted({t for m in mutants for t in m.tests})
+        ok, secs, tail = run_tests(copy, tests, args.timeout)
+        print(f"baseline (unmutated copy): {'passed' if ok else 'FAILED'} in {secs:.0f}s: {' '.join(tests)}",
+              flush=True)
+        if not ok:
+            print(tail)
+            print(json.dumps({"baseline": "failed", "tests": tests}))
+            return 1
+        rows = []
+        for m in mutants:
+            path = copy / m.path
+            original = path.read_text()
+            if original.count(m.old) != 1:
+                rows.append((m, "stale", 0.0, f"snippet found {original.count(m.old)} times"))
+                print(f"{m.name}: stale (snippet found {original.count(m.old)} times)", flush=True)
+                continue
+            path.write_text(original.replace(m.old, m.new))
+            try:
+                passed, secs, tail = run_tests(copy, list(m.tests), args.timeout)
+            finally:
+                path.write_text(original)
+            rows.append((m, "survived" if passed else "killed", secs, tail.splitlines()[-1] if tail else ""))
+            print(f"{m.name}: {rows[-1][1]} in {secs:.0f}s", flush=True)
+    lines = [f"Baseline: the unmutated copy passes {', '.join(f'`{t}`' for t in tests)}.", "",
+             "| mutant | file | planted bug | tests run | result | s |", "|---|---|---|---|---|---|"]
+    for m, result, secs, _ in rows:
+        shown = ", ".join(Path(t).name for t in m.tests)
+        lines.append(f"| `{m.name}` | `{m.path}` | {m.what} | {shown} | **{result}** | {secs:.0f} |")
+    killed = sum(r[1] == "killed" for r in rows)
+    lines += ["", f"{killed} of {len(rows)} mutants killed in {time.perf_counter() - t_all:.0f}s "
+              f"(pytest -x, one thread per run)."]
+    md = "\n".join(lines)
+    print("\n" + md)
+    summary = {"baseline": "passed", "mutants": len(rows), "killed": killed,
+               "survived": [r[0].name for r in rows if r[1] == "survived"],
+               "stale": [r[0].name for r in rows if r[1] == "stale"],
+               "seconds": round(time.perf_counter() - t_all, 1)}
+    if args.only is None and not args.no_record:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from results import update_section
+
+        update_section("Mutation check", md)
+    print(json.dumps(summary))
+    return 0 if killed == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
