@@ -163,7 +163,7 @@ class RoundRunner:
             self._set(epoch=e["epoch"], resumed_at_epoch=e["epoch"])
 
 
-RM_KEYS = ("accuracy", "accuracy_ci", "n_test", "better_than_chance", "log_loss", "n_pairs", "n_raters")
+RM_KEYS = ("accuracy", "accuracy_ci", "accuracy_n", "n_test", "better_than_chance", "log_loss", "n_pairs", "n_raters")
 
 
 def _settings_dict(s: StudioSettings) -> dict:

@@ -37,7 +37,7 @@ def duration(seconds: float | None) -> str:
 
 def accuracy_text(metrics: dict) -> str:
     """Held-out accuracy with its interval and n, and what it means; e.g. "83% (95% interval 64–93%, n=20)"."""
-    acc, n = metrics.get("accuracy"), metrics.get("n_test")
+    acc, n = metrics.get("accuracy"), metrics.get("accuracy_n", metrics.get("n_test"))  # decided pairs
     if acc is None or not n:
         return "no held-out pairs yet"
     ci = metrics.get("accuracy_ci")
