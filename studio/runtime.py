@@ -7,6 +7,7 @@ person can act on; nothing is written when it raises.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import json
 import os
@@ -47,6 +48,10 @@ class Studio:
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
                                reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
                                ab_fraction=s.ab_fraction, keep_unrated=s.keep_unrated)
+        # pairs shown lately are spared by pruning; never more of them than the unrated samples the admin keeps,
+        # else the queue's window (512 ids) outweighs a small keep_unrated and unrated samples pile up to it
+        self.queue.shown = collections.deque(maxlen=min(self.queue.shown.maxlen or 512,
+                                                        max(4 * s.queue_size, s.keep_unrated)))
         self._labels_at_last_round = self.store.counts()["labelled"]
         self._stop = threading.Event()
         self._gate_lock = threading.Lock()

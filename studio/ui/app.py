@@ -7,12 +7,16 @@ import gradio as gr
 from . import api, compare, data, rate, reward, settings_tab, share, train
 from .common import CSS, HOTKEYS, username
 
+# Gradio copies every image and file a handler returns into its cache (each pair shown adds two files there):
+# every 60 s, copies older than 10 minutes are deleted, so the cache holds what was shown lately, not everything
+CACHE_SWEEP = (60, 600)
+
 
 def build_app(studio) -> gr.Blocks:
     def admin(password: str, profile: gr.OAuthProfile | None = None) -> str:
         return studio.check_admin(password, username(profile))
 
-    with gr.Blocks(title="RLCM Studio") as demo:
+    with gr.Blocks(title="RLCM Studio", delete_cache=CACHE_SWEEP) as demo:
         gr.Markdown("# RLCM Studio\nRate pairs · fit a reward model · fine-tune the consistency model live")
         with gr.Row():
             name = gr.Textbox(label="your name", placeholder="who is rating", elem_id="rater-name", scale=2,
