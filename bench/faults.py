@@ -1,11 +1,14 @@
 """A bounded fault script: replays the issue-13 attacks against the store, settings, reward-model import and
-trainer layers, and kills writers with SIGKILL, then says what was tried, what got through and what was lost.
+trainer layers and (`--app`) through the launched app, and kills writers with SIGKILL, then says what was tried,
+what got through and what was lost.
 
     python bench/faults.py            # about a minute on a 2-core CPU; the last line is JSON
     python bench/faults.py --quick    # fewer kills, smaller zip bomb
+    python bench/faults.py --app      # and the same attacks through the launched app (about 5 minutes in all)
+    python bench/faults.py --app --results   # and write the "Faults and hostile input" section of RESULTS.md
 
-Targets: hostile inputs accepted 0, votes lost 0, votes doubled 0, disk bounded under endless generation.
-(The launched app's own endpoints are a later pass; this drives the layers they call.)
+Targets: hostile inputs accepted 0, votes lost 0, votes doubled 0, disk bounded under endless generation and
+per 1,000 /next_pair calls.
 """
 
 from __future__ import annotations
@@ -342,38 +345,379 @@ def stage_disk(root: Path, pairs: int, limit: int) -> None:
     store.close()
 
 
+# ---------------------------------------------------------------- the launched app (--app)
+
+APP_PASSWORD = "faults-admin-pw"
+NEXT_PAIR_PREFILL = 1000  # = the default keep_unrated: the data dir starts in its long-run state
+
+
+class Tally:
+    """Hostile requests through the app: each is refused (an error or nothing done) or counted as accepted."""
+
+    def __init__(self):
+        self.tried, self.through = 0, []
+
+    def expect_refused(self, what: str, call, done=lambda out: True) -> None:
+        """`call()` must raise, or return something `done(out)` says did nothing."""
+        self.tried += 1
+        try:
+            out = call()
+        except Exception:
+            return
+        if done(out):
+            self.through.append(what)
+
+
+def hidden_call(client, api_name: str, *args):
+    """A handler hidden from the API page, called by its fn_index from /config (gradio_client refuses private
+    ones itself; an attacker's client doesn't)."""
+    fn_index = next(d["id"] for d in client.config["dependencies"] if d.get("api_name") == api_name)
+    client.endpoints[fn_index].is_valid = True
+    return client.predict(*args, fn_index=fn_index)
+
+
+def raw_call(url: str, api_name: str, *args):
+    """/gradio_api/call/<api_name> with JSON that may hold NaN and Infinity (gradio_client won't send them, a
+    script can); returns the result, raises RuntimeError with the app's message when it refuses."""
+    import httpx
+
+    r = httpx.post(f"{url}gradio_api/call/{api_name}", content=json.dumps({"data": list(args)}),
+                   headers={"content-type": "application/json"}, timeout=60)
+    r.raise_for_status()
+    stream = httpx.get(f"{url}gradio_api/call/{api_name}/{r.json()['event_id']}", timeout=60).text
+    kind, _, data = stream.rsplit("event: ", 1)[-1].partition("\n")
+    if kind.strip() != "complete":
+        raise RuntimeError(data.strip())
+    return json.loads(data.removeprefix("data:").strip())
+
+
+def launch_app(data_dir: Path, **overrides):
+    from app import build_app, launch_kwargs
+    from studio.runtime import Studio
+
+    models = ROOT / "data" / "models"
+    settings = StudioSettings(model=str(models / "toy-lcm"), clip=str(models / "toy-clip"), data_dir=data_dir,
+                              admin_password=APP_PASSWORD, snapshot_every_s=0, auto_round_every=0, **overrides)
+    studio = Studio(settings)
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=8).launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(settings))
+    return studio, demo
+
+
+def app_state(studio) -> dict:
+    """What a refused request must leave alone: live votes, claims, rounds, settings, files outside images/."""
+    d = studio.settings.data_dir
+    files = sorted((str(p.relative_to(d)), p.stat().st_size) for p in d.rglob("*") if p.is_file()
+                   and "images" not in p.relative_to(d).parts and not p.name.startswith("feedback.db"))
+    votes = studio.store._db().execute("SELECT id, rater, choice FROM comparisons WHERE undone_at IS NULL"
+                                       " ORDER BY id").fetchall()
+    claims = studio.store._db().execute("SELECT name FROM rater_tokens ORDER BY name").fetchall()
+    return {"votes": votes, "claims": claims, "rounds": len(studio.store.rounds()),
+            "settings": studio.settings.editable(), "files": files}
+
+
+def settle(studio, timeout: float = 60.0) -> None:
+    """Until the pair queue is full and idle (rows and image files agree and stop changing)."""
+    deadline, last = time.time() + timeout, None
+    while time.time() < deadline:
+        now = (studio.queue.q.full(), sum(1 for p in studio.store.images_dir.rglob("*") if p.is_file()),
+               studio.store.counts()["samples"])
+        if now[0] and now[1] == now[2] and now == last:
+            return
+        last = now
+        time.sleep(0.25)
+
+
+def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
+    """Stolen names, others' undos, admin endpoints without the password, hidden handlers by fn_index, hostile
+    settings, oversize uploads, seeds >= 2**63, export spam; returns alice's and bob's votes lost."""
+    import httpx
+    from gradio_client import handle_file
+
+    pairs = [client.predict(api_name="/next_pair") for _ in range(4)]
+    vote = lambda who, p, choice, tok=None: client.predict(who, p["a"], p["b"], choice, p["client_id"], tok,  # noqa: E731
+                                                          api_name="/vote")
+    alice = vote("alice", pairs[0], "a")["rater_token"]
+    vote("alice", pairs[1], "b", alice)
+    bob = vote("bob", pairs[2], "a")["rater_token"]
+    theirs = studio.store._db().execute("SELECT id FROM comparisons WHERE undone_at IS NULL").fetchall()
+    before = app_state(studio)
+    p = pairs[3]
+    created = lambda out: bool(out.get("created")) or bool(out.get("undone"))  # noqa: E731
+    # 1. names: look-alikes and hostile text, each a vote under that name without a token
+    for i, (what, name) in enumerate(HOSTILE_NAMES.items()):
+        tally.expect_refused(f"name {what}", lambda: client.predict(name, p["a"], p["b"], "a", f"n-{i}", None,
+                                                                   api_name="/vote"), created)
+    # 2. alice's name without her token: votes, and the issue's 13 undos, per token
+    for t, tok in enumerate((None, "", "x" * 32, bob, alice[:-1] + ("A" if alice[-1] != "A" else "B"))):
+        tally.expect_refused("alice's name, vote", lambda: vote("alice", p, "a", tok), created)
+        for _ in range(13):
+            tally.expect_refused("alice's name, undo", lambda: client.predict("alice", tok, api_name="/undo_vote"),
+                                 created)
+    # 3. the same pair again under fresh client ids, by its rightful rater
+    for k in range(10):
+        a, b = (pairs[0]["a"], pairs[0]["b"]) if k % 2 else (pairs[0]["b"], pairs[0]["a"])
+        tally.expect_refused("repeat pair", lambda: client.predict("alice", a, b, "b", f"r-{k}", alice,
+                                                                  api_name="/vote"), created)
+    # 4. admin endpoints without the password
+    admin_calls = {"/export_data": (), "/generate": ("a stranger's prompt", 1), "/import_preferences": ("/etc/hosts",),
+                   "/save_settings": (3, 5.0, 2, 0, 0.1, 0.0, 0.5), "/activate": ("base",),
+                   "/start_round": (True,), "/cancel_round": (), "/reject_candidate": (), "/fit_reward_model": ()}
+    for endpoint, args in admin_calls.items():
+        for pw in ("", "wrong", APP_PASSWORD.upper(), APP_PASSWORD + " "):
+            tally.expect_refused(f"{endpoint} without the password", lambda: client.predict(pw, *args, api_name=endpoint))
+    # 5. hidden handlers by fn_index: the Rate tab's buttons as alice without her token, the admin ones without
+    # the password (one session with a pair on screen)
+    hidden_call(client, "first_pair", "", {})
+    for api_name in ("vote_a", "vote_b", "vote_tie", "vote_skip", "undo"):
+        for tokens in ({}, {"alice": ["alice", "x" * 32]}, {"": ["alice", bob]}):
+            name = "" if "" in tokens else "alice"
+            tally.expect_refused(f"hidden {api_name}", lambda: hidden_call(client, api_name, name, tokens))
+    zpath = studio.settings.data_dir.parent / "rm.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("config.json", "{}")
+    for api_name, args in (("export_data", ("",)), ("raters", ("",)), ("upload", ("", handle_file(str(zpath)))),
+                           ("push_reward_model", ("", "x/y")), ("push_lora", ("", "x/y")),
+                           ("push_dataset", ("", "x/y"))):
+        tally.expect_refused(f"hidden {api_name}", lambda: hidden_call(client, api_name, *args))
+    state_ok = app_state(studio) == before
+    # 6. hostile settings, as the admin (validation, not the password, must stop them)
+    valid = [3, 5.0, 2, 0, 0.1, 0.0, 0.5]
+    for i in range(len(valid)):
+        for bad in (float("nan"), float("inf"), -float("inf"), 1e300, -1e300, -1, 2**63):
+            values = valid[:i] + [bad] + valid[i + 1:]
+            tally.expect_refused(f"settings[{i}]={bad}", lambda: raw_call(demo.local_url, "save_settings",
+                                                                          APP_PASSWORD, *values))
+    state_ok &= app_state(studio) == before
+    # 7. uploads over the cap, straight to Gradio's upload route (gradio_client would check the size first)
+    cache = Path(demo.GRADIO_CACHE)
+    listing = lambda: sorted((str(f), f.stat().st_size) for f in cache.rglob("*") if f.is_file())  # noqa: E731
+    cached = listing()
+    blob = os.urandom((upload_mb + 1) << 20)
+    for _ in range(2):
+        tally.expect_refused("upload over the cap", lambda: httpx.post(
+            demo.local_url + "gradio_api/upload", files={"files": ("big.parquet", blob)}, timeout=120
+        ).raise_for_status())
+    tally.through += ["upload kept"] if listing() != cached else []
+    # 8. seeds >= 2**63 and other non-seeds, as the admin
+    settle(studio)
+    files = sum(1 for f in studio.store.images_dir.rglob("*") if f.is_file())
+    for seed in (2**63, 2**63 + 1, 2**64, 10**30, -1, 1.5, "7", True):
+        tally.expect_refused(f"seed {seed}", lambda: client.predict(APP_PASSWORD, "a far seed", seed,
+                                                                   api_name="/generate"))
+    settle(studio)
+    left = sum(1 for f in studio.store.images_dir.rglob("*") if f.is_file()) - files
+    rows = [s for s in studio.store.samples() if s["prompt"] == "a far seed"]
+    tally.tried += 1
+    tally.through += [f"seeds left {left} files, {len(rows)} rows"] if left or rows else []
+    # 9. export spam by the admin with no new data: 6 at once, then 14 in a row
+    jobs = [client.submit(APP_PASSWORD, api_name="/export_data") for _ in range(6)]
+    for j in jobs:
+        j.result()
+    for _ in range(14):
+        client.predict(APP_PASSWORD, api_name="/export_data")
+    exported = [f.name for f in (studio.settings.data_dir / "exports").iterdir()]
+    tally.tried += 20
+    tally.through += [f"export spam left {len(exported)} files"] if len(exported) != 1 else []
+    state_ok &= {k: v for k, v in app_state(studio).items() if k != "files"} == \
+        {k: v for k, v in before.items() if k != "files"}
+    tally.tried += 1
+    tally.through += [] if state_ok else ["state changed"]
+    live = {r[0] for r in studio.store._db().execute("SELECT id FROM comparisons WHERE undone_at IS NULL")}
+    return {"votes_lost": len({r[0] for r in theirs} - live), "exports": len(exported), "upload_mb": upload_mb + 1,
+            "seed_files_left": left}
+
+
+def app_space_start(root: Path, tally: Tally) -> dict:
+    """A Space-like launch (no reachable OpenID provider): the page loads; visitors not signed in can't vote."""
+    import httpx
+    from gradio_client import Client
+
+    env = dict(SYSTEM="spaces", SPACE_ID="someone/rlcm-studio", OAUTH_CLIENT_ID="client-id",
+               OAUTH_CLIENT_SECRET="client-secret", OAUTH_SCOPES="openid profile",
+               OPENID_PROVIDER_URL="http://127.0.0.1:9")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        studio, demo = launch_app(root / "space", queue_size=1)
+        page = httpx.get(demo.local_url, timeout=30).status_code
+        config = httpx.get(demo.local_url + "config", timeout=30).json()
+        login = any(c["type"] == "button" and c["props"].get("value") == "Sign in with Hugging Face"
+                    for c in config["components"])
+        client = Client(demo.local_url, verbose=False, download_files=False)
+        p = client.predict(api_name="/next_pair")
+        for i, name in enumerate(("alice", "", "hf:alice", "anon-0123456789")):
+            tally.expect_refused("not signed in, vote", lambda: client.predict(
+                name, p["a"], p["b"], "a", f"s-{i}", None, api_name="/vote"))
+            tally.expect_refused("not signed in, undo", lambda: client.predict(name, None, api_name="/undo_vote"))
+        hidden_call(client, "first_pair", "", {})
+        tally.expect_refused("not signed in, page vote", lambda: hidden_call(client, "vote_a", "", {}))
+        votes = studio.store.counts()["comparisons"]
+        studio.close()
+        demo.close()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return {"page": page, "login_button": login, "votes_written": votes}
+
+
+def app_disk(studio, demo, client, calls: int, page_calls: int) -> dict:
+    """Bytes in data_dir per 1000 /next_pair calls from the long-run state (keep_unrated unrated samples already
+    there), and bytes Gradio's cache takes per pair the page shows (swept after studio.ui.app.CACHE_SWEEP)."""
+    s = studio.settings
+    images, _ = studio.generator.generate(studio.prompts[:16], list(range(16)))
+    for i in range(NEXT_PAIR_PREFILL - studio.store.prune_unrated(10**9)["unrated"]):
+        im = images[i % 16].copy()  # a real image, made distinct (sample ids hash the pixels) by one pixel
+        im.putpixel((0, 0), (i % 256, i // 256 % 256, 7))
+        studio.store.add_sample(im, studio.prompts[i % 16], seed=10_000 + i, steps=s.steps, guidance=s.guidance,
+                                generator="base")
+
+    def measure() -> tuple[int, int]:
+        settle(studio)
+        studio.store._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return dir_bytes(s.data_dir), studio.store.prune_unrated(10**9)["unrated"]
+
+    b0, u0 = measure()
+    t0 = time.time()
+    for _ in range(calls):
+        client.predict(api_name="/next_pair")
+    rate = calls / (time.time() - t0)
+    b1, u1 = measure()
+    cache = Path(demo.GRADIO_CACHE)
+    c0 = dir_bytes(cache)
+    for _ in range(page_calls):  # the Rate tab's own first pair: two images copied into Gradio's cache
+        hidden_call(client, "first_pair", "", {})
+    c1 = dir_bytes(cache)
+    return {"calls": calls, "keep_unrated": s.keep_unrated, "bytes_before": b0, "bytes_after": b1,
+            "unrated_before": u0, "unrated_after": u1, "calls_per_s": round(rate, 1),
+            "growth_per_1000": round((b1 - b0) * 1000 / calls), "page_calls": page_calls,
+            "cache_bytes_per_page_pair": round((c1 - c0) / max(page_calls, 1))}
+
+
+def stage_app(root: Path, next_pair_calls: int) -> dict:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio-cache")  # Gradio's uploads and cache, this run's alone
+    import logging
+
+    from gradio_client import Client
+
+    logging.getLogger("rlcm.studio").setLevel(logging.ERROR)  # hundreds of refusals: their one-line logs off
+    tally = Tally()
+    space = app_space_start(root, tally)
+    studio, demo = launch_app(root / "app", steps=2)  # defaults otherwise: keep_unrated 1000, uploads 100 MB
+    try:
+        client = Client(demo.local_url, verbose=False, download_files=False)
+        attacks = app_attacks(studio, demo, client, tally, studio.settings.max_upload_mb)
+        disk = app_disk(studio, demo, client, next_pair_calls, 20)
+    finally:
+        studio.close()
+        demo.close()
+    r = {"tried": tally.tried, "accepted": len(tally.through), "through": tally.through or "-", **attacks,
+         "space": space, "disk": disk}
+    TALLY["app: hostile requests"] = {"tried": tally.tried, "accepted": len(tally.through),
+                                      "through": tally.through or "-"}
+    TALLY["app: disk"] = disk
+    print(f"{'app: Space start':<28} page {space['page']}, login button {space['login_button']}, "
+          f"votes written while not signed in {space['votes_written']}", flush=True)
+    print(f"{'app: hostile requests':<28} tried {tally.tried:>4}  accepted {len(tally.through):>3}  "
+          f"votes lost {attacks['votes_lost']}  export files {attacks['exports']}  "
+          f"{attacks['upload_mb']} MB uploads kept: {'yes' if 'upload kept' in tally.through else 'no'}  "
+          f"through={tally.through or '-'}", flush=True)
+    print(f"{'app: disk per /next_pair':<28} {disk['calls']} calls from {disk['unrated_before']} unrated "
+          f"(keep {disk['keep_unrated']}): {disk['bytes_before'] >> 10} KiB -> {disk['bytes_after'] >> 10} KiB, "
+          f"{disk['growth_per_1000'] / 1024:+.0f} KiB per 1000 calls, unrated after {disk['unrated_after']}; "
+          f"{disk['calls_per_s']} calls/s; page pairs add {disk['cache_bytes_per_page_pair'] >> 10} KiB each to "
+          f"Gradio's cache until its sweep", flush=True)
+    return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--app", action="store_true", help="also replay the attacks through the launched app")
+    p.add_argument("--only-app", action="store_true", help="only the launched app's part")
+    p.add_argument("--next-pair-calls", type=int, default=None, help="/next_pair calls measured for disk growth")
+    p.add_argument("--results", action="store_true", help="write the figures into bench/RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     args = p.parse_args()
     t0 = time.time()
     root = Path(tempfile.mkdtemp(prefix="faults-"))
+    votes = round_ = app = None
     try:
-        stage_names(root)
-        stage_stolen_names(root)
-        stage_settings(root)
-        stage_seeds(root)
-        stage_zip(root, 256 if args.quick else 1024)
-        votes = stage_kill_votes(root, 3 if args.quick else 8)
-        round_ = stage_kill_round(root)
-        stage_disk(root, 200 if args.quick else 1000, 100)
+        if not args.only_app:
+            stage_names(root)
+            stage_stolen_names(root)
+            stage_settings(root)
+            stage_seeds(root)
+            stage_zip(root, 256 if args.quick else 1024)
+            votes = stage_kill_votes(root, 3 if args.quick else 8)
+            round_ = stage_kill_round(root)
+            stage_disk(root, 200 if args.quick else 1000, 100)
+        if args.app or args.only_app:
+            app = stage_app(root, args.next_pair_calls or (100 if args.quick else 500))
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     hostile = {k: v for k, v in TALLY.items() if "tried" in v}
     tried, accepted = sum(v["tried"] for v in hostile.values()), sum(v["accepted"] for v in hostile.values())
+    lost = (votes["lost"] if votes else 0) + (app["votes_lost"] if app else 0)
+    doubled = votes["doubled"] if votes else 0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = {"hostile_tried": tried, "hostile_accepted": accepted, "votes_acked": votes["acked"],
-               "votes_lost": votes["lost"], "votes_doubled": votes["doubled"], "round_kill_held": round_["held"],
-               "disk_growth_bytes_per_1000_pairs": TALLY["disk"]["growth_bytes_per_1000_pairs"],
+    summary = {"hostile_tried": tried, "hostile_accepted": accepted, "votes_acked": votes and votes["acked"],
+               "votes_lost": lost, "votes_doubled": doubled, "round_kill_held": round_ and round_["held"],
+               "disk_growth_bytes_per_1000_pairs": TALLY.get("disk", {}).get("growth_bytes_per_1000_pairs"),
+               "disk_growth_per_1000_next_pair_bytes": app and app["disk"]["growth_per_1000"],
                "max_rss_mib": round(rss), "seconds": round(time.time() - t0, 1), "stages": TALLY}
-    print(f"hostile inputs tried {tried}, accepted {accepted} (target 0); votes lost {votes['lost']}, "
-          f"doubled {votes['doubled']} (target 0); round kill {'held' if round_['held'] else 'FAILED'}; "
+    print(f"hostile inputs tried {tried}, accepted {accepted} (target 0); votes lost {lost}, doubled {doubled} "
+          f"(target 0); round kill {'-' if round_ is None else 'held' if round_['held'] else 'FAILED'}; "
           f"{summary['seconds']} s")
+    if args.results:
+        write_results(summary, app)
     print(json.dumps(summary, default=str))
-    ok = accepted == 0 and votes["lost"] == 0 and votes["doubled"] == 0 and round_["held"]
+    ok = accepted == 0 and lost == 0 and doubled == 0 and (round_ is None or round_["held"])
     sys.exit(0 if ok and math.isfinite(summary["seconds"]) else 1)
+
+
+def write_results(summary: dict, app: dict | None) -> None:
+    """The "Faults and hostile input" section of bench/RESULTS.md."""
+    from bench.results import update_section
+
+    st = summary["stages"]
+    rows = [f"| {name} | {v['tried']} | {v['accepted']} |" for name, v in st.items() if "tried" in v]
+    lines = ["Hostile inputs replayed against the store, settings, zip import and trainer layers and, with `--app`, "
+             "through the launched app (gradio_client and raw HTTP, hidden handlers by `fn_index`); kill -9 of a "
+             "voter and of a round.", "",
+             f"**Hostile inputs tried {summary['hostile_tried']}, accepted {summary['hostile_accepted']}** "
+             f"(target 0) · **votes lost {summary['votes_lost']}** (target 0) · votes doubled "
+             f"{summary['votes_doubled']}", "", "| stage | tried | accepted |", "|---|---:|---:|", *rows, ""]
+    if "kill -9 mid-vote" in st:
+        k, r = st["kill -9 mid-vote"], st["kill -9 mid-round"]
+        lines += [f"- kill -9 mid-vote: {k['kills']} kills, {k['acked']} votes acknowledged, {k['stored']} stored, "
+                  f"lost {k['lost']}, doubled {k['doubled']}, integrity {'ok' if k['integrity_ok'] else 'BROKEN'}.",
+                  f"- kill -9 mid-round, resumed with a stale `checkpoint.old`: logged epochs {r['logged_epochs']}, "
+                  f"kept its 5 epochs {r['kept_config']}, leftovers {r['leftovers'] or 'none'}.",
+                  f"- store under endless generation (keep 100 unrated): "
+                  f"{st['disk']['growth_bytes_per_1000_pairs'] / 1024:+.0f} KiB per 1000 pairs, all of it the "
+                  f"{st['disk']['rated_pairs']} rated pairs.",
+                  f"- zip bomb ({st['zip bomb, many entries']['bomb']}): refused, peak Python allocation "
+                  f"{st['zip bomb, many entries']['peak_alloc_mib']} MiB."]
+    if app:
+        d, sp = app["disk"], app["space"]
+        lines += [f"- Space-like start (SYSTEM, SPACE_ID, OAuth variables, unreachable OpenID provider): page "
+                  f"{sp['page']}, sign-in button {'shown' if sp['login_button'] else 'MISSING'}, votes written by "
+                  f"visitors not signed in {sp['votes_written']}.",
+                  f"- uploads of {app['upload_mb']} MB over the default 100 MB cap: refused (413), nothing kept; "
+                  f"seeds >= 2**63: {app['seed_files_left']} files left; 20 exports with no new data: "
+                  f"{app['exports']} file.",
+                  f"- **disk growth per 1,000 `/next_pair` calls: {d['growth_per_1000'] / 1024:+.1f} KiB** (data dir, "
+                  f"default keep_unrated {d['keep_unrated']}, measured over {d['calls']} calls from the long-run "
+                  f"state: {d['unrated_before']} unrated samples before, {d['unrated_after']} after; "
+                  f"{d['bytes_before'] >> 10} KiB -> {d['bytes_after'] >> 10} KiB; {d['calls_per_s']} calls/s).",
+                  f"- each pair the Rate tab shows copies {d['cache_bytes_per_page_pair'] / 1024:.1f} KiB into "
+                  "Gradio's cache; copies older than 10 minutes are swept every minute (`studio/ui/app.py` "
+                  "CACHE_SWEEP), so the cache holds what was shown lately."]
+    lines += ["", f"{summary['seconds']} s in all; max RSS {summary['max_rss_mib']} MiB."]
+    update_section("Faults and hostile input", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ MAX_PROMPT = 300
 class Studio:
     def __init__(self, settings: StudioSettings, start_workers: bool = True):
         self.settings = s = settings
+        # settings built in code skip from_env's check; validating here also imports rlcm.policy (diffusers) in
+        # this thread, before the pair queue loads diffusers in its own: diffusers' lazy imports are not
+        # thread-safe, and the first save_settings otherwise failed with "cannot import name 'LCMScheduler'"
+        s.validate()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if not (s.data_dir / "feedback.db").exists() and (s.backup_dir or s.backup_repo):
             backup.restore(s.data_dir, backup_dir=s.backup_dir, repo_id=s.backup_repo, token=os.environ.get("HF_TOKEN"))

@@ -71,6 +71,17 @@ def hidden(client, api_name: str, *args):
     return client.predict(*args, fn_index=fn_index)
 
 
+def raw_call(url: str, api_name: str, *args) -> tuple[str, str]:
+    """POST /gradio_api/call/<api_name> with JSON that may hold NaN and Infinity (gradio_client refuses to send
+    them, a script need not), then read its event stream: ("complete" or "error", the last event's data)."""
+    r = httpx.post(f"{url}gradio_api/call/{api_name}", content=json.dumps({"data": list(args)}),
+                   headers={"content-type": "application/json"}, timeout=60)
+    r.raise_for_status()
+    stream = httpx.get(f"{url}gradio_api/call/{api_name}/{r.json()['event_id']}", timeout=60).text
+    kind, _, data = stream.rsplit("event: ", 1)[-1].partition("\n")
+    return kind.strip(), data
+
+
 def image_files(studio) -> int:
     return sum(1 for p in studio.store.images_dir.rglob("*") if p.is_file())
 
@@ -283,15 +294,15 @@ HOSTILE_NUMBERS = (math.nan, math.inf, -math.inf, 1e300, -1.0)
 
 def test_hostile_settings_are_refused_and_valid_ones_persist(app):
     from studio.runtime import Studio
-    from studio.settings import StudioSettings
+    from studio.settings import EDITABLE, StudioSettings
 
-    studio, _, client, _ = app
+    studio, demo, client, _ = app
     valid = [3, 5.5, 2, 0, 0.3, 0.05, 0.25]  # steps, guidance, epochs, auto, guard, kl, ab
     before = written(studio)
-    for i in range(len(valid)):
+    for i, name in enumerate(EDITABLE):
         for bad in HOSTILE_NUMBERS:
-            values = valid[:i] + [bad] + valid[i + 1:]
-            refused(client, PASSWORD, *values, api_name="/save_settings")
+            kind, message = raw_call(demo.local_url, "save_settings", PASSWORD, *valid[:i], bad, *valid[i + 1:])
+            assert kind == "error" and name in message, (name, bad, kind, message)
     assert written(studio) == before
     saved = client.predict(PASSWORD, *valid, api_name="/save_settings")
     assert list(saved.values()) == valid
@@ -306,15 +317,17 @@ def test_hostile_settings_are_refused_and_valid_ones_persist(app):
 
 
 def test_a_user_mistake_is_one_log_line(app, caplog, capfd):
-    studio, _, client, _ = app
+    studio, demo, client, _ = app
+    studio_url = demo.local_url
     p = client.predict(api_name="/next_pair")
     capfd.readouterr()
     before = written(studio)
     with caplog.at_level(logging.WARNING, logger="rlcm.studio"):
         refused(client, "", p["a"], p["b"], "a", str(uuid.uuid4()), None, api_name="/vote", match="name")
         refused(client, "wrong", api_name="/export_data", match="admin")
+        assert raw_call(studio_url, "save_settings", PASSWORD, 3, math.nan, 2, 0, 0.1, 0.0, 0.5)[0] == "error"
     lines = [r.getMessage() for r in caplog.records if r.name == "rlcm.studio"]
-    assert len(lines) == 2 and all("user error" in m and "\n" not in m for m in lines), lines
+    assert len(lines) == 3 and all("user error" in m and "\n" not in m for m in lines), lines
     out = capfd.readouterr()
     assert "Traceback" not in out.out + out.err
     assert written(studio) == before

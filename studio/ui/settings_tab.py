@@ -31,5 +31,7 @@ def build(studio, password: gr.Textbox, admin) -> None:
                    label="share of pairs that show a candidate on trial against the served version")
     b = gr.Button("Save (admin)", elem_id="btn-settings")
     saved = gr.JSON(label="saved")
+    # raw values (preprocess=False): the sliders' own bounds checks would print a traceback per API misuse;
+    # studio.settings checks every value itself (finite, in range) and logs one line
     b.click(user_errors(save), [password, steps, guidance, epochs, auto, guard, kl, ab], [saved],
-            api_name="save_settings")
+            api_name="save_settings", preprocess=False)
