@@ -90,7 +90,7 @@ def copy_tree(dst: Path) -> None:
 
 
 def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool, float, str]:
-    """(passed, seconds, last lines of the output) of pytest on `tests` in `copy`."""
+    """(passed, seconds, what failed first) of pytest on `tests` in `copy`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLCM_TEST_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     t = time.perf_counter()
@@ -100,7 +100,8 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool, float
         ok, out = res.returncode == 0, res.stdout + res.stderr
     except subprocess.TimeoutExpired:
         ok, out = False, "timeout"
-    return ok, time.perf_counter() - t, "\n".join(out.strip().splitlines()[-3:])
+    failed = [line.split(" - ")[0] for line in out.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    return ok, time.perf_counter() - t, failed[0] if failed else "\n".join(out.strip().splitlines()[-3:])
 
 
 def main() -> int:
@@ -128,7 +129,7 @@ def main() -> int:
               flush=True)
         if not ok:
             print(tail)
-            print(json.dumps({"baseline": "failed", "tests": tests}))
+            print(json.dumps({"baseline": "failed", "tests": tests, "first_failure": tail}))
             return 1
         rows = []
         for m in mutants:
@@ -143,13 +144,16 @@ def main() -> int:
                 passed, secs, tail = run_tests(copy, list(m.tests), args.timeout)
             finally:
                 path.write_text(original)
-            rows.append((m, "survived" if passed else "killed", secs, tail.splitlines()[-1] if tail else ""))
+            rows.append((m, "survived" if passed else "killed", secs, "" if passed else tail))
             print(f"{m.name}: {rows[-1][1]} in {secs:.0f}s", flush=True)
     lines = [f"Baseline: the unmutated copy passes {', '.join(f'`{t}`' for t in tests)}.", "",
-             "| mutant | file | planted bug | tests run | result | s |", "|---|---|---|---|---|---|"]
-    for m, result, secs, _ in rows:
+             "| mutant | file | planted bug | tests run | result | first failure | s |",
+             "|---|---|---|---|---|---|---|"]
+    for m, result, secs, first in rows:
         shown = ", ".join(Path(t).name for t in m.tests)
-        lines.append(f"| `{m.name}` | `{m.path}` | {m.what} | {shown} | **{result}** | {secs:.0f} |")
+        first = first.removeprefix("FAILED ").replace("tests/", "").replace("|", "/").replace("\n", " ")
+        cell = f"`{first}`" if first else ""
+        lines.append(f"| `{m.name}` | `{m.path}` | {m.what} | {shown} | **{result}** | {cell} | {secs:.0f} |")
     killed = sum(r[1] == "killed" for r in rows)
     lines += ["", f"{killed} of {len(rows)} mutants killed in {time.perf_counter() - t_all:.0f}s "
               f"(pytest -x, one thread per run)."]

@@ -16,6 +16,8 @@ class PerPromptStatTracker:
         self.buffers: dict[str, deque] = {}
 
     def update(self, prompts: list[str], rewards: np.ndarray) -> np.ndarray:
+        """Add the rewards to their prompts' buffers; (N,) advantages (r - mean) / (std + 1e-6) against the prompt's
+        buffer (the last `buffer_size` rewards), or the whole batch while the buffer holds fewer than `min_count`."""
         prompts_arr = np.array(prompts, dtype=object)
         rewards = np.asarray(rewards, dtype=np.float64)
         adv = np.empty_like(rewards)

@@ -71,11 +71,10 @@ def lcm_reference(pipe, traj, j):
     return normal_log_prob(traj.actions[:, j], a_prev.sqrt() * denoised.double(), (1 - a_prev).sqrt())
 
 
-@pytest.mark.parametrize("step5", [{}, {"clip_sample": True, "clip_sample_range": 0.8},
-                                   {"thresholding": True, "sample_max_value": 1.5}])
+@pytest.mark.parametrize("step5", [{}, {"clip_sample": True, "clip_sample_range": 0.8}])
 def test_lcm_log_probs_off_policy_match_the_scheduler(step5):
     """Sample under one LoRA, score under another: the policy's log-probs equal the scheduler-derived density
-    (also with the x0 clip / dynamic threshold on), and they are truly off-policy (ratios far from 1)."""
+    (also with the x0 clip on), and they are truly off-policy (ratios far from 1)."""
     pipe = lcm_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **step5)
@@ -89,7 +88,8 @@ def test_lcm_log_probs_off_policy_match_the_scheduler(step5):
             mine = policy.log_prob(pipe.unet, traj, j)
             ref = lcm_reference(pipe, traj, j)
             assert torch.allclose(mine.double(), ref, atol=1e-5), (j, mine, ref)
-            assert (mine - traj.log_probs[:, j]).abs().min() > 1e-3  # another policy: ratios far from 1 (100x the tolerance)
+            # another policy: log-ratios 100x the tolerance away from 0
+            assert (mine - traj.log_probs[:, j]).abs().min() > 1e-3
 
 
 def test_ddim_log_probs_off_policy_match_the_scheduler():
