@@ -127,7 +127,7 @@ class RoundRunner:
                 eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
                 init_lora=init if init and Path(init).exists() else None, device=s.device, checkpoint_every=2,
                 mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no",
-                kl_coef=s.kl_coef, kl_units=s.kl_units))  # a resumed round keeps the settings it started with
+                kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr))  # a resumed round keeps the settings it started with
             self._set(epochs=cfg.epochs)
             scorer = with_alignment_guard(
                 lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
