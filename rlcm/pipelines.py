@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_MODEL = "data/models/toy-lcm"
-TEACHER_MODEL = "data/models/toy-teacher"
+DEFAULT_MODEL = "toy-lcm"  # shipped toy models go by name (rlcm.paths finds them in a checkout or a wheel)
+TEACHER_MODEL = "toy-teacher"
 # diffusers' low-memory loading builds models under accelerate's init_empty_weights, which patches
 # nn.Module globally: a model built in another thread meanwhile gets meta tensors. So loads take this lock
 # and skip the low-memory path (the studio loads while its queue and trainer threads run).
@@ -30,6 +30,10 @@ def load_pipeline(model: str = DEFAULT_MODEL, lcm_lora: str | None = None, devic
     """
     from diffusers import DiffusionPipeline, LCMScheduler
 
+    from .paths import TOY_MODELS, toy_model
+
+    if model in TOY_MODELS:
+        model = str(toy_model(model))
     device = pick_device(device)
     dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
     local = Path(model).is_dir()

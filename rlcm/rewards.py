@@ -15,7 +15,7 @@ import numpy as np
 
 RewardFn = Callable[[list, list[str]], np.ndarray]
 
-DEFAULT_TOY_CLIP = "data/models/toy-clip"
+DEFAULT_TOY_CLIP = "toy-clip"  # the shipped toy CLIP by name (load_clip finds it)
 
 
 def _jpeg_kb(image) -> float:

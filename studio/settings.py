@@ -81,9 +81,9 @@ def _env(name: str, default, cast=str):
 
 @dataclass
 class StudioSettings:
-    model: str = "data/models/toy-lcm"  # RLCM_MODEL: diffusers LCM directory or hub id
+    model: str = "toy-lcm"  # RLCM_MODEL: diffusers LCM directory or hub id (default: the shipped toy LCM)
     lcm_lora: str | None = None  # RLCM_LCM_LORA: SD-1.5 base + this LCM-LoRA instead of an LCM
-    clip: str = "data/models/toy-clip"  # RLCM_CLIP: reward-model backbone (directory or open_clip name)
+    clip: str = "toy-clip"  # RLCM_CLIP: reward-model backbone (directory, open_clip name, hf-hub: id)
     clip_pretrained: str | None = None  # RLCM_CLIP_PRETRAINED: e.g. "openai" for a real CLIP
     data_dir: Path = Path("runs/studio")  # RLCM_DATA_DIR: database, images, rounds (local disk)
     backup_dir: str | None = None  # RLCM_BACKUP_DIR: mounted bucket path for snapshots
