@@ -100,6 +100,8 @@ class Studio:
         """
         if username:
             return identity.signed_in(username)
+        if name is not None and not isinstance(name, str):  # the JSON API takes anything
+            raise ValueError(f"a rater name must be text, got {type(name).__name__}")
         if self.settings.on_space and self.settings.rating == "named":
             raise PermissionError("sign in with Hugging Face to rate")
         if not (name or "").strip():

@@ -148,6 +148,7 @@ def test_names_nobody_can_borrow(app):
                 assert client.predict(name, tok, api_name="/undo_vote") == {"undone": None}
             else:
                 refused(client, name, tok, api_name="/undo_vote", match="taken|hf:")
+    refused(client, 12345, q["a"], p["a"], "a", str(uuid.uuid4()), None, api_name="/vote", match="text")
     assert written(studio) == before
     # the same pair again under fresh client ids, either order: recorded once
     for i in range(3):
@@ -207,6 +208,9 @@ def test_hidden_handlers_check_the_caller(app, tmp_path):
             hidden(client, "vote_a", name, tokens)  # the Rate tab's "left is better"
         with pytest.raises(Exception, match="(?i)taken|name"):
             hidden(client, "undo", name, tokens)
+    for tokens in ({"": 5}, {"": ["carol", 12345]}, {"carol": "x"}, "not a dict"):  # a script's browser storage
+        with pytest.raises(Exception, match="(?i)taken|name|text"):
+            hidden(client, "vote_a", "carol" if "carol" in tokens else "", tokens)
     for api_name, args in (("export_data", ("",)), ("raters", ("",)), ("upload", ("", rm_zip)),
                            ("upload_1", ("", parquet)), ("push_dataset", ("", "someone/data")),
                            ("fit_reward_model", ("",)), ("cancel_round", ("",))):

@@ -19,9 +19,10 @@ def build(studio, name: gr.Textbox) -> dict:
     def who(name_: str, kept: dict, profile: gr.OAuthProfile | None):
         """The rater, with the token (and, in open mode, the random name) this browser holds for `name_`."""
         kept = kept if isinstance(kept, dict) else {}
-        key = (name_ or "").strip()
-        held_name, token = (kept.get(key) or [None, None])[:2]
-        return studio.rater(held_name if not key and held_name else name_, token, username(profile)), kept, key
+        key = (name_ or "").strip() if isinstance(name_, str) or name_ is None else None  # studio.rater refuses
+        held = kept.get(key) if key is not None else None  # the browser's storage: anything a script puts there
+        held_name, token = held[:2] if isinstance(held, list) and len(held) >= 2 else (None, None)
+        return studio.rater(held_name if key == "" and held_name else name_, token, username(profile)), kept, key
 
     def show(pair: dict, rater):
         pair["client_id"] = str(uuid.uuid4())
