@@ -356,19 +356,25 @@ class Tally:
 
     def __init__(self):
         self.tried, self.through, self.unclear = 0, [], []
+        self.kind, self.kinds = "", {}  # the attack being replayed, and per attack [tried, accepted]
+
+    def count(self, n: int = 1, through: list | None = None) -> None:
+        self.tried += n
+        self.through += through or []
+        k = self.kinds.setdefault(self.kind, [0, 0])
+        k[0], k[1] = k[0] + n, k[1] + len(through or [])
 
     def expect_refused(self, what: str, call, done=lambda out: True) -> None:
         """`call()` must raise, or return something `done(out)` says did nothing. A refusal without the app's own
         message (a bug's exception, which Gradio hides) is noted as unclear."""
-        self.tried += 1
         try:
             out = call()
         except Exception as e:
             if "show_error" in str(e) or "verbose error" in str(e) or not str(e).strip():
                 self.unclear.append(what)
+            self.count()
             return
-        if done(out):
-            self.through.append(what)
+        self.count(through=[what] if done(out) else [])
 
 
 def hidden_call(client, api_name: str, *args):
@@ -438,8 +444,9 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
     from gradio_client import handle_file
 
     pairs = [client.predict(api_name="/next_pair") for _ in range(4)]
-    vote = lambda who, p, choice, tok=None: client.predict(who, p["a"], p["b"], choice, p["client_id"], tok,  # noqa: E731
-                                                          api_name="/vote")
+    def vote(who, p, choice, tok=None):
+        return client.predict(who, p["a"], p["b"], choice, p["client_id"], tok, api_name="/vote")
+
     alice = vote("alice", pairs[0], "a")["rater_token"]
     vote("alice", pairs[1], "b", alice)
     bob = vote("bob", pairs[2], "a")["rater_token"]
@@ -448,29 +455,35 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
     p = pairs[3]
     created = lambda out: bool(out.get("created")) or bool(out.get("undone"))  # noqa: E731
     # 1. names: look-alikes and hostile text, each a vote under that name without a token
+    tally.kind = "look-alike and hostile names (/vote)"
     for i, (what, name) in enumerate(HOSTILE_NAMES.items()):
         tally.expect_refused(f"name {what}", lambda: client.predict(name, p["a"], p["b"], "a", f"n-{i}", None,
                                                                    api_name="/vote"), created)
     # 2. alice's name without her token: votes, and the issue's 13 undos, per token
+    tally.kind = "alice's name without her token (/vote, /undo_vote x13)"
     for t, tok in enumerate((None, "", "x" * 32, bob, alice[:-1] + ("A" if alice[-1] != "A" else "B"))):
         tally.expect_refused("alice's name, vote", lambda: vote("alice", p, "a", tok), created)
         for _ in range(13):
             tally.expect_refused("alice's name, undo", lambda: client.predict("alice", tok, api_name="/undo_vote"),
                                  created)
     # 3. the same pair again under fresh client ids, by its rightful rater
+    tally.kind = "same pair again, new client ids"
     for k in range(10):
         a, b = (pairs[0]["a"], pairs[0]["b"]) if k % 2 else (pairs[0]["b"], pairs[0]["a"])
         tally.expect_refused("repeat pair", lambda: client.predict("alice", a, b, "b", f"r-{k}", alice,
                                                                   api_name="/vote"), created)
     # 4. admin endpoints without the password
+    tally.kind = "admin endpoints without the password"
     admin_calls = {"/export_data": (), "/generate": ("a stranger's prompt", 1), "/import_preferences": ("/etc/hosts",),
                    "/save_settings": (3, 5.0, 2, 0, 0.1, 0.0, 0.5), "/activate": ("base",),
                    "/start_round": (True,), "/cancel_round": (), "/reject_candidate": (), "/fit_reward_model": ()}
     for endpoint, args in admin_calls.items():
         for pw in ("", "wrong", APP_PASSWORD.upper(), APP_PASSWORD + " "):
-            tally.expect_refused(f"{endpoint} without the password", lambda: client.predict(pw, *args, api_name=endpoint))
+            tally.expect_refused(f"{endpoint} without the password",
+                                 lambda: client.predict(pw, *args, api_name=endpoint))
     # 5. hidden handlers by fn_index: the Rate tab's buttons as alice without her token, the admin ones without
     # the password (one session with a pair on screen)
+    tally.kind = "hidden handlers by fn_index"
     hidden_call(client, "first_pair", "", {})
     for api_name in ("vote_a", "vote_b", "vote_tie", "vote_skip", "undo"):
         for tokens in ({}, {"alice": ["alice", "x" * 32]}, {"": ["alice", bob]}):
@@ -489,6 +502,7 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
         tally.expect_refused(f"hidden {api_name}", lambda: hidden_call(client, api_name, *args))
     state_ok = app_state(studio) == before
     # 6. hostile settings, as the admin (validation, not the password, must stop them)
+    tally.kind = "NaN, inf, huge, negative settings (raw JSON)"
     valid = [3, 5.0, 2, 0, 0.1, 0.0, 0.5]
     for i in range(len(valid)):
         for bad in (float("nan"), float("inf"), -float("inf"), 1e300, -1e300, -1, 2**63):
@@ -497,6 +511,7 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
                                                                           APP_PASSWORD, *values))
     state_ok &= app_state(studio) == before
     # 7. uploads over the cap, straight to Gradio's upload route (gradio_client would check the size first)
+    tally.kind = f"uploads of {upload_mb + 1} MB (cap {upload_mb} MB)"
     cache = Path(demo.GRADIO_CACHE)
     listing = lambda: sorted((str(f), f.stat().st_size) for f in cache.rglob("*") if f.is_file())  # noqa: E731
     cached = listing()
@@ -505,8 +520,9 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
         tally.expect_refused("upload over the cap", lambda: httpx.post(
             demo.local_url + "gradio_api/upload", files={"files": ("big.parquet", blob)}, timeout=120
         ).raise_for_status())
-    tally.through += ["upload kept"] if listing() != cached else []
+    tally.count(0, ["upload kept"] if listing() != cached else [])  # refused, yet a file left behind
     # 8. seeds >= 2**63 and other non-seeds, as the admin
+    tally.kind = "seeds >= 2**63 and non-seeds (/generate)"
     settle(studio)
     files = sum(1 for f in studio.store.images_dir.rglob("*") if f.is_file())
     for seed in (2**63, 2**63 + 1, 2**64, 10**30, -1, 1.5, "7", True):
@@ -515,21 +531,20 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
     settle(studio)
     left = sum(1 for f in studio.store.images_dir.rglob("*") if f.is_file()) - files
     rows = [s for s in studio.store.samples() if s["prompt"] == "a far seed"]
-    tally.tried += 1
-    tally.through += [f"seeds left {left} files, {len(rows)} rows"] if left or rows else []
+    tally.count(through=[f"seeds left {left} files, {len(rows)} rows"] if left or rows else [])
     # 9. export spam by the admin with no new data: 6 at once, then 14 in a row
+    tally.kind = "export spam, no new data"
     jobs = [client.submit(APP_PASSWORD, api_name="/export_data") for _ in range(6)]
     for j in jobs:
         j.result()
     for _ in range(14):
         client.predict(APP_PASSWORD, api_name="/export_data")
     exported = [f.name for f in (studio.settings.data_dir / "exports").iterdir()]
-    tally.tried += 20
-    tally.through += [f"export spam left {len(exported)} files"] if len(exported) != 1 else []
+    tally.count(20, [f"export spam left {len(exported)} files"] if len(exported) != 1 else [])
     state_ok &= {k: v for k, v in app_state(studio).items() if k != "files"} == \
         {k: v for k, v in before.items() if k != "files"}
-    tally.tried += 1
-    tally.through += [] if state_ok else ["state changed"]
+    tally.kind = "nothing changed: votes, claims, rounds, settings"
+    tally.count(through=[] if state_ok else ["state changed"])
     live = {r[0] for r in studio.store._db().execute("SELECT id FROM comparisons WHERE undone_at IS NULL")}
     return {"votes_lost": len({r[0] for r in theirs} - live), "exports": len(exported), "upload_mb": upload_mb + 1,
             "seed_files_left": left}
@@ -553,6 +568,7 @@ def app_space_start(root: Path, tally: Tally) -> dict:
                     for c in config["components"])
         client = Client(demo.local_url, verbose=False, download_files=False)
         p = client.predict(api_name="/next_pair")
+        tally.kind = "Space: votes and undos not signed in"
         for i, name in enumerate(("alice", "", "hf:alice", "anon-0123456789")):
             tally.expect_refused("not signed in, vote", lambda: client.predict(
                 name, p["a"], p["b"], "a", f"s-{i}", None, api_name="/vote"))
@@ -623,7 +639,10 @@ def stage_app(root: Path, next_pair_calls: int) -> dict:
          "unclear_refusals": tally.unclear or "-", **attacks,
          "space": space, "disk": disk}
     TALLY["app: hostile requests"] = {"tried": tally.tried, "accepted": len(tally.through),
-                                      "through": tally.through or "-", "unclear_refusals": len(tally.unclear)}
+                                      "through": tally.through or "-", "unclear_refusals": len(tally.unclear),
+                                      "kinds": tally.kinds}
+    for kind, (n, ok) in tally.kinds.items():
+        print(f"  app: {kind:<56} tried {n:>4}  accepted {ok:>3}", flush=True)
     TALLY["app: disk"] = disk
     print(f"{'app: Space start':<28} page {space['page']}, login button {space['login_button']}, "
           f"votes written while not signed in {space['votes_written']}", flush=True)
@@ -711,16 +730,21 @@ def write_results(summary: dict, app: dict | None) -> None:
                   f"{st['zip bomb, many entries']['peak_alloc_mib']} MiB."]
     if app:
         d, sp = app["disk"], app["space"]
+        lines += ["", "Through the launched app:", "", "| attack | tried | accepted |", "|---|---:|---:|",
+                  *[f"| {k} | {n} | {ok} |" for k, (n, ok) in st["app: hostile requests"]["kinds"].items()], ""]
+        shrink = (" (below zero: the pre-filled samples, real toy images each made distinct by one pixel, were "
+                  "replaced by generated ones that compress a little better)") if d["growth_per_1000"] < 0 else ""
         lines += [f"- Space-like start (SYSTEM, SPACE_ID, OAuth variables, unreachable OpenID provider): page "
                   f"{sp['page']}, sign-in button {'shown' if sp['login_button'] else 'MISSING'}, votes written by "
                   f"visitors not signed in {sp['votes_written']}.",
                   f"- uploads of {app['upload_mb']} MB over the default 100 MB cap: refused (413), nothing kept; "
                   f"seeds >= 2**63: {app['seed_files_left']} files left; 20 exports with no new data: "
                   f"{app['exports']} file.",
-                  f"- **disk growth per 1,000 `/next_pair` calls: {d['growth_per_1000'] / 1024:+.1f} KiB** (data dir, "
+                  f"- **disk growth per 1,000 `/next_pair` calls: {d['growth_per_1000'] / 1024:+.0f} KiB** (data dir, "
                   f"default keep_unrated {d['keep_unrated']}, measured over {d['calls']} calls from the long-run "
                   f"state: {d['unrated_before']} unrated samples before, {d['unrated_after']} after; "
-                  f"{d['bytes_before'] >> 10} KiB -> {d['bytes_after'] >> 10} KiB; {d['calls_per_s']} calls/s).",
+                  f"{d['bytes_before'] >> 10} KiB -> {d['bytes_after'] >> 10} KiB; "
+                  f"{d['calls_per_s']} calls/s){shrink}.",
                   f"- each pair the Rate tab shows copies {d['cache_bytes_per_page_pair'] / 1024:.1f} KiB into "
                   "Gradio's cache; copies older than 10 minutes are swept every minute (`studio/ui/app.py` "
                   "CACHE_SWEEP), so the cache holds what was shown lately."]
