@@ -2,11 +2,13 @@
 
     python bench/reward_model_curve.py            # full run (minutes of CPU): 50..500 labels per rater
     python bench/reward_model_curve.py --quick    # seconds: 2 raters, small pool, 50/100 labels
+    python bench/reward_model_curve.py --image-features embedding+tower --hidden 64 --no-record  # a variant
 
 Images: toy-LCM samples (4 steps, guidance 8) from `data/models/toy-lcm` when it exists, otherwise
 ground-truth renders of scenes consistent with each prompt (it prints which). Every rater labels every
 pair of same-prompt samples through the feedback store (next_pair -> prefer -> record_comparison).
-Evaluation pairs come from prompts never used for fitting. Prints a markdown table.
+Evaluation pairs come from prompts never used for fitting. Prints a markdown table: accuracy over the decided
+held-out pairs with its 95% Wilson interval (ties left out; see reward_model.metrics).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from feedback import RATERS, FeedbackStore, simulate  # noqa: E402
 from rlcm.toy import world  # noqa: E402
 
 import reward_model as rm  # noqa: E402
+from reward_model.embeddings import IMAGE_FEATURES  # noqa: E402
+from reward_model.metrics import format_accuracy  # noqa: E402
 
 
 def render_for_prompt(prompt: str, seed: int):
@@ -79,7 +83,9 @@ def main() -> None:
     ap.add_argument("--clip", default="data/models/toy-clip", help="CLIP directory or open_clip name")
     ap.add_argument("--lcm", default="data/models/toy-lcm", type=Path)
     ap.add_argument("--raters", nargs="*", default=None, help=f"default: all of {', '.join(RATERS)}")
-    ap.add_argument("--image-features", default=rm.FitConfig.image_features, choices=["embedding", "embedding+tower"])
+    ap.add_argument("--image-features", default=rm.FitConfig.image_features, choices=IMAGE_FEATURES)
+    ap.add_argument("--hidden", type=int, default=rm.FitConfig.hidden, help="head width; 0: linear heads (default)")
+    ap.add_argument("--no-record", action="store_true", help="print only; leave bench/RESULTS.md alone")
     ap.add_argument("--data-dir", default=None, help="keep the store and embedding cache here (default: temp dir)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -116,11 +122,11 @@ def main() -> None:
         labelled = [r for r in store.comparisons() if r["rater"] == name]
         train = pairs_of(store, [r for r in labelled if r["prompt"] not in eval_prompts])
         held = pairs_of(store, [r for r in labelled if r["prompt"] in eval_prompts])
-        fit_cfg = rm.FitConfig(image_features=args.image_features)
+        fit_cfg = rm.FitConfig(image_features=args.image_features, hidden=args.hidden)
         curve = rm.accuracy_curve(train, clip, sizes, config=fit_cfg, eval_pairs=held, cache=cache)
-        rows.append((name, curve, len(held)))
+        rows.append((name, curve))
         print(f"{name}: {len(labelled)} labels in {time.perf_counter() - t:.1f}s; "
-              + ", ".join(f"{c['n_labels']}: {c['accuracy']}" for c in curve), flush=True)
+              + "; ".join(f"{c['n_labels']}: {format_accuracy(c)}" for c in curve), flush=True)
         if fit_time is None:  # time a whole fit on up to 1,000 pairs, embeddings already cached
             everything = pairs_of(store, labelled[:1000])
             rm.fit(everything[:20], clip, fit_cfg, cache=cache)  # warm-up
@@ -128,20 +134,30 @@ def main() -> None:
             _, m = rm.fit(everything, clip, fit_cfg, cache=cache)
             fit_time = (len(everything), time.perf_counter() - t, m)
 
+    head = "linear heads, prior chosen by prompt-grouped cross-validation" if args.hidden == 0 else \
+        f"MLP heads of width {args.hidden}"
     lines = [f"Images: {source}. Backbone: {clip_note}. Held-out pairs: all same-prompt pairs of "
-             f"{n_eval_prompts} prompts never used for fitting. Default FitConfig, image features "
-             f"`{args.image_features}`.", "",
-             "| rater | " + " | ".join(f"{n} labels" for n in sizes) + " | held-out pairs |",
+             f"{n_eval_prompts} prompts never used for fitting, labelled by the same rater; accuracy is over the "
+             "pairs it did not call a tie (its n), with the 95% Wilson interval; the fit uses every label given "
+             f"(ties as 1/2). Image features `{args.image_features}`, {head}; otherwise the default FitConfig.", "",
+             "| rater | " + " | ".join(f"{n} labels" for n in sizes) + " | held-out pairs: decided (ties) |",
              "|---|" + "---|" * (len(sizes) + 1)]
-    for name, curve, n_held in rows:
-        cells = [f"{c['accuracy']:.3f}" if c["accuracy"] is not None else "–" for c in curve]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {n_held} |")
+    for name, curve in rows:
+        cells = [f"{c['accuracy']:.3f} ({c['accuracy_ci'][0]:.2f}–{c['accuracy_ci'][1]:.2f})"
+                 if c["accuracy"] is not None else "–" for c in curve]
+        done = next((c for c in curve if c["accuracy"] is not None), {"accuracy_n": 0, "n_test_ties": 0})
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {done['accuracy_n']} ({done['n_test_ties']}) |")
+    lines += ["", "Not better than chance (95% interval reaches 0.5 or below): "
+              + (", ".join(f"{name} at {c['n_labels']}" for name, curve in rows for c in curve
+                           if c["accuracy"] is not None and not c["better_than_chance"]) or "none") + "."]
     n, seconds, m = fit_time
     lines += ["", f"Fit on {n} pairs with embeddings cached: {seconds:.2f}s "
               f"(head training {m['fit_seconds']:.2f}s, {torch.get_num_threads()} thread(s)); "
-              f"its own held-out accuracy {m['accuracy']:.3f}."]
+              f"its own held-out accuracy {format_accuracy(m)}."]
     md = "\n".join(lines)
     print("\n" + md)
+    if args.no_record:
+        return
     from results import results_path, update_section
 
     update_section("Reward model: held-out accuracy versus labels", md, path=results_path(args.quick))

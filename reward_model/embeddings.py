@@ -21,7 +21,49 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .perceptual import DIM as PERCEPTUAL_DIM
+from .perceptual import GROUPS as PERCEPTUAL_GROUPS
+from .perceptual import VERSION as PERCEPTUAL_VERSION
+from .perceptual import perceptual_features
+
 MERGE_AT = 32  # chunk files per kind before they are merged into one
+
+# image-feature kinds: the CLIP embedding first (the head multiplies it with the prompt embedding), then
+# "tower": the image tower's pooled last stage (rlcm.clip.Clip.image_features);
+# "perceptual": generic colour, layout, subject and texture statistics (reward_model.perceptual)
+IMAGE_FEATURES = ("embedding", "embedding+tower", "embedding+perceptual", "embedding+tower+perceptual")
+
+
+def check_image_features(kind: str) -> str:
+    if kind not in IMAGE_FEATURES:
+        raise ValueError(f"unknown image features {kind!r}; valid: {', '.join(IMAGE_FEATURES)}")
+    return kind
+
+
+def feature_groups(kind: str, image_dim: int, embed_dim: int) -> dict[str, slice]:
+    """Which columns of (N, image_dim) features of `kind` hold what: "embedding", "tower", then the perceptual
+    blocks ("colour", "layout", "subject", "texture")."""
+    parts = check_image_features(kind).split("+")
+    n_perceptual = PERCEPTUAL_DIM if "perceptual" in parts else 0
+    groups = {"embedding": slice(0, embed_dim)}
+    if "tower" in parts:
+        groups["tower"] = slice(embed_dim, image_dim - n_perceptual)
+    if n_perceptual:
+        start = image_dim - n_perceptual
+        groups.update({g: slice(start + s.start, start + s.stop) for g, s in PERCEPTUAL_GROUPS.items()})
+    if max(s.stop for s in groups.values()) != image_dim:
+        raise ValueError(f"{image_dim} image columns do not fit the layout of {kind!r} features")
+    return groups
+
+
+@torch.no_grad()
+def image_features(clip, images: list[Image.Image], kind: str) -> torch.Tensor:
+    """(N, I) image features of `kind` (see IMAGE_FEATURES): CLIP's part, then the perceptual statistics."""
+    parts = check_image_features(kind).split("+")
+    feats = clip.image_features(images, "embedding+tower" if "tower" in parts else "embedding")
+    if "perceptual" in parts:
+        feats = torch.cat([feats, perceptual_features(images).to(feats.device)], 1)
+    return feats
 
 
 def clip_fingerprint(clip) -> str:
@@ -52,10 +94,13 @@ class EmbeddingCache:
                  batch_size: int = 64):
         self.clip = clip
         self.batch_size = batch_size
-        self.image_features = image_features
+        self.image_features = check_image_features(image_features)
         self.dir = Path(data_dir) / "embeddings" / clip_key(clip) if data_dir is not None else None
         # image features of another kind live in their own files ("images" keeps the plain embedding's name)
+        # (and perceptual statistics carry their version: a changed definition never reads stale files)
         self._image_kind = "images" if image_features == "embedding" else f"images_{image_features.replace('+', '_')}"
+        if "perceptual" in image_features:
+            self._image_kind += f"_v{PERCEPTUAL_VERSION}"
         self._store: dict[str, dict[str, torch.Tensor]] = {self._image_kind: {}, "texts": {}}
         self._lock = threading.Lock()
         if self.dir is not None:
@@ -112,7 +157,7 @@ class EmbeddingCache:
             return int(v.shape[0])
         if kind == "texts":
             return int(self.clip.embed_texts(["a"]).shape[1])
-        return int(self.clip.image_features([Image.new("RGB", (64, 64))], self.image_features).shape[1])
+        return int(image_features(self.clip, [Image.new("RGB", (64, 64))], self.image_features).shape[1])
 
     @property
     def embed_dim(self) -> int:
@@ -122,7 +167,7 @@ class EmbeddingCache:
     def images(self, ids: list[str], load_image: Callable[[str], Image.Image]) -> torch.Tensor:
         """(N, I) image features of samples by id; `load_image(id)` is called only for ids not cached yet."""
         return self._get(self._image_kind, list(ids),
-                         lambda miss: self.clip.image_features([load_image(i) for i in miss], self.image_features))
+                         lambda miss: image_features(self.clip, [load_image(i) for i in miss], self.image_features))
 
     def texts(self, prompts: list[str]) -> torch.Tensor:
         """(N, D) embeddings of prompts."""

@@ -1,18 +1,20 @@
 """Fitting the reward head on labelled pairs, with honest held-out metrics and the accuracy-versus-labels curve.
 
 Split by pair (both orders and repeats of one pair fall on the same side), seeded:
-  test  `test_fraction` of the pairs, used only for the reported metrics;
-  val   `val_fraction` of the rest, for early stopping;
+  test  `test_fraction` of the pairs, used only for the reported metrics (accuracy with its 95% Wilson
+        interval and n, reward_model.metrics);
+  val   `val_fraction` of the rest, for early stopping of MLP heads (linear heads train on it too);
   train the rest; each head of the ensemble trains on its own bootstrap resample of it.
-Training is full-batch AdamW on the Bradley–Terry loss (ties as 1/2); each head keeps the weights of
-its best validation epoch.
+Linear heads (the default) average convex Bradley–Terry fits over candidate priors by their cross-validated
+evidence on unseen prompts (reward_model.linear). MLP heads train by full-batch AdamW on the BT loss (ties
+as 1/2) and keep the weights of their best validation epoch. `fit` and `accuracy_curve` share `fit_data`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
@@ -21,8 +23,10 @@ import torch
 from feedback.images import png_bytes, sha256
 from feedback.pairs import pair_key
 
-from .embeddings import EmbeddingCache, clip_fingerprint
+from .embeddings import EmbeddingCache, check_image_features, clip_fingerprint, feature_groups
 from .head import EnsembleHead, bt_loss, features
+from .linear import SCALES, Prior, train_linear
+from .metrics import accuracy_summary
 from .model import ModelConfig, RewardModel, clip_source
 
 LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
@@ -31,28 +35,52 @@ LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
 @dataclass
 class FitConfig:
     ensemble_size: int = 4  # heads, each on its own bootstrap resample (uncertainty = their spread)
-    hidden: int = 64  # hidden width of each head
+    # 0: linear heads, their prior chosen by prompt-grouped cross-validation (reward_model.linear; the default,
+    # measured best at about 100 labels); > 0: MLP heads of this width, AdamW with early stopping
+    hidden: int = 0
+    # linear heads: the candidate priors are every combination of a column set, a scale and an L2 strength
+    # (reward_model.linear); the column sets are each group of image columns alone (embedding, colour, layout,
+    # ...; see embeddings.feature_groups) when `single_groups`, all of them, and all plus the image x prompt
+    # columns when `prompt_interaction`
+    scales: tuple[str, ...] = ("items", "geo", "pairs")  # column scales
+    l2: tuple[float, ...] = (0.01, 0.1, 1.0)  # penalties on the squared scaled weights
+    single_groups: bool = True
+    prompt_interaction: bool = True
+    cv_folds: int = 5  # folds by prompt for scoring the priors
+    # MLP heads
     lr: float = 3e-3  # AdamW learning rate (full batch)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     max_epochs: int = 400  # full-batch steps at most
     patience: int = 40  # a head stops improving after this many epochs without a better validation loss
+    val_fraction: float = 0.15  # of the non-test pairs: early stopping (linear heads train on them too)
     test_fraction: float = 0.2  # pairs held out for the reported metrics only
-    val_fraction: float = 0.15  # of the remaining pairs: early stopping
     bootstrap: bool = True  # resample the training pairs per head (False: every head sees them all)
-    seed: int = 0  # split, bootstrap and initialisation
+    seed: int = 0  # split, folds, bootstrap and initialisation
     min_pairs: int = 8  # refuse to fit on fewer labelled pairs
-    # "embedding+tower": the CLIP embedding plus the image tower's pooled last stage (rlcm.clip.Clip.image_features);
-    # "embedding": the embedding alone
-    image_features: str = "embedding+tower"
+    # one of reward_model.embeddings.IMAGE_FEATURES; "embedding+perceptual" (the CLIP embedding and generic
+    # colour / layout / subject / texture statistics) measured best within a prompt at about 100 labels
+    image_features: str = "embedding+perceptual"
     version: str | None = None  # model version; default: UTC time + hash of the weights
 
     def __post_init__(self):
-        if self.ensemble_size < 1 or self.hidden < 1 or self.max_epochs < 1:
-            raise ValueError("ensemble_size, hidden and max_epochs must be >= 1")
+        if self.ensemble_size < 1 or self.hidden < 0 or self.max_epochs < 1 or self.cv_folds < 2:
+            raise ValueError("ensemble_size and max_epochs must be >= 1, hidden >= 0, cv_folds >= 2")
+        bad = set(self.scales) - set(SCALES)
+        if bad or not self.scales:
+            raise ValueError(f"scales {list(self.scales)!r}; valid: a non-empty subset of {', '.join(SCALES)}")
+        if not self.l2 or min(self.l2) <= 0:
+            raise ValueError(f"l2 {list(self.l2)!r}: give one or more positive values")
         if not (0.0 <= self.test_fraction < 1.0 and 0.0 < self.val_fraction < 1.0):
             raise ValueError("test_fraction must be in [0, 1) and val_fraction in (0, 1)")
-        if self.image_features not in ("embedding", "embedding+tower"):
-            raise ValueError(f"image_features {self.image_features!r}; valid: embedding, embedding+tower")
+        check_image_features(self.image_features)
+
+    def priors(self, image_groups: list[str]) -> list[Prior]:
+        """The candidate priors of linear heads over image column groups named `image_groups`."""
+        sets = [(g,) for g in image_groups] if self.single_groups and len(image_groups) > 1 else []
+        sets.append(tuple(image_groups))
+        if self.prompt_interaction:
+            sets.append((*image_groups, "interaction"))
+        return [Prior(c, s, l2) for c in sets for s in self.scales for l2 in self.l2]
 
 
 @dataclass
@@ -67,6 +95,7 @@ class PairData:
     keys: list[tuple[str, str]]  # (P,) order-free pair identity (sample ids)
     raters: list[str]  # (P,)
     item_ids: list[str] = field(default_factory=list)  # (U,) sample ids
+    item_prompts: list[str] = field(default_factory=list)  # (U,) prompts
 
     def __len__(self) -> int:
         return len(self.y)
@@ -74,7 +103,7 @@ class PairData:
     def subset(self, idx) -> "PairData":
         idx = list(idx)
         return PairData(self.img, self.txt, self.a[idx], self.b[idx], self.y[idx],
-                        [self.keys[i] for i in idx], [self.raters[i] for i in idx], self.item_ids)
+                        [self.keys[i] for i in idx], [self.raters[i] for i in idx], self.item_ids, self.item_prompts)
 
 
 def collect(pairs_or_store, cache: EmbeddingCache) -> PairData:
@@ -116,7 +145,8 @@ def collect(pairs_or_store, cache: EmbeddingCache) -> PairData:
                     torch.tensor([items[(r[0], r[2])] for r in rows], dtype=torch.long),
                     torch.tensor([items[(r[1], r[2])] for r in rows], dtype=torch.long),
                     torch.tensor([LABEL[r[3]] for r in rows]),
-                    [pair_key(r[0], r[1]) for r in rows], [r[4] for r in rows], [s for s, _ in item_list])
+                    [pair_key(r[0], r[1]) for r in rows], [r[4] for r in rows], [s for s, _ in item_list],
+                    [p for _, p in item_list])
 
 
 def split(data: PairData, cfg: FitConfig) -> tuple[list[int], list[int], list[int]]:
@@ -152,21 +182,57 @@ def self_agreement(data: PairData) -> dict:
 
 @torch.no_grad()
 def pair_metrics(head: EnsembleHead, data: PairData) -> dict:
-    """Accuracy (ties excluded), log-loss (ties as 1/2) and mean ensemble spread of P(a over b)."""
+    """Accuracy with its 95% Wilson interval over the decided pairs (ties counted as in reward_model.metrics),
+    log-loss over all pairs (ties as 1/2) and the mean ensemble spread of P(a over b)."""
     if len(data) == 0:
-        return {"accuracy": None, "log_loss": None, "n": 0}
+        return {**accuracy_summary(0, 0), "log_loss": None, "n": 0, "n_ties": 0, "ensemble_spread": None}
     r = head(data.img, data.txt)  # (K, U)
     p = torch.sigmoid(r[:, data.a] - r[:, data.b])  # (K, P)
     pm = p.mean(0).clamp(1e-6, 1 - 1e-6)
     decided = data.y != 0.5
-    acc = ((pm[decided] > 0.5) == (data.y[decided] == 1)).float().mean().item() if decided.any() else None
+    said_a = pm[decided]
+    hits = torch.where(said_a == 0.5, 0.5, ((said_a > 0.5) == (data.y[decided] == 1)).float()).sum().item()
     ll = -(data.y * pm.log() + (1 - data.y) * (1 - pm).log()).mean().item()
     spread = p.std(0).mean().item() if p.shape[0] > 1 else 0.0
-    return {"accuracy": acc, "log_loss": ll, "n": len(data), "ensemble_spread": spread}
+    return {**accuracy_summary(hits, int(decided.sum())), "log_loss": ll, "n": len(data),
+            "n_ties": int((~decided).sum()), "ensemble_spread": spread}
+
+
+def bootstrap_counts(n: int, cfg: FitConfig) -> torch.Tensor:
+    """(K, n) how often each head sees each training pair: a bootstrap resample per head (all ones without)."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    k = cfg.ensemble_size
+    return torch.stack([torch.bincount(torch.from_numpy(rng.integers(0, n, n)), minlength=n).float()
+                        if cfg.bootstrap and k > 1 else torch.ones(n) for _ in range(k)])
+
+
+def train_linear_head(data: PairData, train: list[int], cfg: FitConfig) -> tuple[EnsembleHead, list[dict]]:
+    """Linear heads averaged over `cfg.priors` by their prompt-grouped CV evidence (reward_model.linear).
+    Returns the head and the priors holding at least 1% of the weight, with their CV log-loss, heaviest first."""
+    head = EnsembleHead(data.txt.shape[1], 0, cfg.ensemble_size, image_dim=data.img.shape[1])
+    feats = features(data.img, data.txt)  # (U, F): [image (I), prompt (D), embedding * prompt (D)]
+    a, b = data.a[train], data.b[train]
+    i, d = data.img.shape[1], data.txt.shape[1]
+    col = torch.arange(feats.shape[1])
+    columns = {name: (col >= s.start) & (col < s.stop)
+               for name, s in feature_groups(cfg.image_features, i, d).items()}
+    image_groups = list(columns)
+    columns["interaction"] = col >= i + d
+    groups = [data.item_prompts[int(j)] for j in a] if data.item_prompts else [str(int(j)) for j in a]
+    w, table = train_linear(feats, a, b, data.y[train], groups, columns, cfg.priors(image_groups),
+                            bootstrap_counts(len(train), cfg), cfg.cv_folds, cfg.seed)
+    table = sorted((t for t in table if t["weight"] >= 0.01), key=lambda t: -t["weight"])  # the ones that count
+    used = torch.unique(torch.cat([a, b]))
+    with torch.no_grad():
+        head.mean.copy_(feats[used].mean(0))
+        head.std.copy_(feats[used].std(0, unbiased=False).clamp_min(1e-6))
+        head.w1.copy_((w * head.std)[..., None])  # the head multiplies standardised features
+    return head, table
 
 
 def train_head(data: PairData, train: list[int], val: list[int], cfg: FitConfig) -> tuple[EnsembleHead, list[int]]:
-    """Full-batch AdamW on the BT loss; per-head early stopping on `val`. Returns the head and best epochs."""
+    """MLP heads: full-batch AdamW on the BT loss; per-head early stopping on `val`. Returns the head and best
+    epochs."""
     torch.manual_seed(cfg.seed)
     k = cfg.ensemble_size
     head = EnsembleHead(data.txt.shape[1], cfg.hidden, k, seed=cfg.seed, image_dim=data.img.shape[1])
@@ -174,10 +240,7 @@ def train_head(data: PairData, train: list[int], val: list[int], cfg: FitConfig)
     feats = features(data.img[used], data.txt[used])
     head.mean.copy_(feats.mean(0))
     head.std.copy_(feats.std(0, unbiased=False).clamp_min(1e-6))
-    rng = np.random.default_rng(cfg.seed + 1)
-    n = len(train)
-    w = torch.stack([torch.bincount(torch.from_numpy(rng.integers(0, n, n)), minlength=n).float()
-                     if cfg.bootstrap and k > 1 else torch.ones(n) for _ in range(k)])  # (K, n) bootstrap counts
+    w = bootstrap_counts(len(train), cfg)
     ta, tb, ty = data.a[train], data.b[train], data.y[train]
     va, vb, vy = data.a[val], data.b[val], data.y[val]
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -209,14 +272,8 @@ def train_head(data: PairData, train: list[int], val: list[int], cfg: FitConfig)
     return head, best_epoch
 
 
-def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingCache | None = None
-        ) -> tuple[RewardModel, dict]:
-    """Fit a reward model on labelled pairs; returns it and its held-out metrics.
-
-    `clip` is a loaded `rlcm.clip.Clip` or a path/name for `load_clip`. `cache` defaults to the store's
-    `data_dir/embeddings` for a store, memory for a list of pairs.
-    """
-    cfg = config or FitConfig()
+def _backbone_and_cache(pairs_or_store, clip, cfg: FitConfig, cache: EmbeddingCache | None):
+    """A loaded CLIP and an embedding cache of the kind `cfg` wants (default: the store's, else memory)."""
     if isinstance(clip, (str, bytes)) or hasattr(clip, "__fspath__"):
         from rlcm.clip import load_clip
 
@@ -225,27 +282,61 @@ def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingC
         cache = EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None), cfg.image_features)
     if cache.image_features != cfg.image_features:
         raise ValueError(f"the cache holds {cache.image_features!r} image features, the fit wants {cfg.image_features!r}")
-    t0 = time.perf_counter()
-    data = collect(pairs_or_store, cache)
-    t_embed = time.perf_counter() - t0
+    return clip, cache
+
+
+def fit_data(data: PairData, cfg: FitConfig, eval_data: PairData | None = None) -> tuple[EnsembleHead, dict]:
+    """Split, train and score a head on collected pairs: the one fitting path of `fit` and `accuracy_curve`.
+
+    Held-out metrics come from the test split, or from `eval_data` when given (then every label goes to
+    train/validation). Raises ValueError when there are too few pairs.
+    """
     if len(data) < cfg.min_pairs:
         raise ValueError(f"need at least {cfg.min_pairs} labelled (non-skip) pairs to fit, got {len(data)}")
-    train, val, test = split(data, cfg)
-    if not train or not val:
+    t0 = time.perf_counter()
+    train, val, test = split(data, replace(cfg, test_fraction=0.0) if eval_data is not None else cfg)
+    if cfg.hidden == 0:  # cross-validation picks the prior: no early-stopping split
+        train, val = sorted(train + val), []
+    if not train or (cfg.hidden and not val):
         raise ValueError(f"{len(set(data.keys))} distinct pairs are too few to split into train, validation and "
                          "test; label more distinct pairs")
-    head, epochs = train_head(data, train, val, cfg)
-    t_fit = time.perf_counter() - t0 - t_embed
-    held = pair_metrics(head, data.subset(test))
+    if cfg.hidden == 0:
+        head, priors = train_linear_head(data, train, cfg)
+        trained = {"priors": priors}
+    else:
+        head, epochs = train_head(data, train, val, cfg)
+        trained = {"best_epochs": epochs}
+    t_fit = time.perf_counter() - t0
+    held = pair_metrics(head, eval_data if eval_data is not None else data.subset(test))
     metrics = {
-        "accuracy": held["accuracy"], "log_loss": held["log_loss"], "ensemble_spread": held["ensemble_spread"],
-        "n_pairs": len(data), "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        **{k: held[k] for k in ("accuracy", "accuracy_n", "accuracy_ci", "better_than_chance", "log_loss",
+                                "ensemble_spread")},
+        "n_test": held["n"], "n_test_ties": held["n_ties"],
+        "n_pairs": len(data), "n_train": len(train), "n_val": len(val),
         "n_raters": len(set(data.raters)), "n_samples": len(data.item_ids),
         "train_accuracy": pair_metrics(head, data.subset(train))["accuracy"],
         "val_accuracy": pair_metrics(head, data.subset(val))["accuracy"],
-        **self_agreement(data), "best_epochs": epochs,
-        "embed_seconds": round(t_embed, 3), "fit_seconds": round(t_fit, 3),
+        **self_agreement(data), **trained, "fit_seconds": round(t_fit, 3),
     }
+    return head, metrics
+
+
+def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingCache | None = None
+        ) -> tuple[RewardModel, dict]:
+    """Fit a reward model on labelled pairs; returns it and its held-out metrics.
+
+    `clip` is a loaded `rlcm.clip.Clip` or a path/name for `load_clip`. `cache` defaults to the store's
+    `data_dir/embeddings` for a store, memory for a list of pairs. The metrics carry `accuracy` on the
+    held-out pairs with `accuracy_n` (decided pairs; ties are left out, see reward_model.metrics), its 95%
+    Wilson interval `accuracy_ci` and `better_than_chance` (the interval's low end above 0.5).
+    """
+    cfg = config or FitConfig()
+    clip, cache = _backbone_and_cache(pairs_or_store, clip, cfg, cache)
+    t0 = time.perf_counter()
+    data = collect(pairs_or_store, cache)
+    t_embed = time.perf_counter() - t0
+    head, metrics = fit_data(data, cfg)
+    metrics["embed_seconds"] = round(t_embed, 3)
     source, pretrained = clip_source(clip)
     version = cfg.version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + \
         sha256(b"".join(t.numpy().tobytes() for t in head.state_dict().values()))[:8]
@@ -259,7 +350,8 @@ def fit(pairs_or_store, clip, config: FitConfig | None = None, cache: EmbeddingC
 
 
 def evaluate(model: RewardModel, pairs_or_store, cache: EmbeddingCache | None = None) -> dict:
-    """Accuracy and log-loss of a fitted model on every labelled pair given (make sure it did not train on them)."""
+    """Accuracy (with interval) and log-loss of a fitted model on every labelled pair given (make sure it did not
+    train on them)."""
     if cache is None:
         cache = EmbeddingCache(model.clip, getattr(pairs_or_store, "data_dir", None), model.config.image_features)
     data = collect(pairs_or_store, cache)
@@ -268,39 +360,31 @@ def evaluate(model: RewardModel, pairs_or_store, cache: EmbeddingCache | None = 
     return {**out, "n_raters": len(set(data.raters)), **self_agreement(data)}
 
 
+CURVE_KEYS = ("accuracy", "accuracy_n", "accuracy_ci", "better_than_chance", "log_loss", "n_test", "n_test_ties",
+              "fit_seconds")
+
+
 def accuracy_curve(pairs_or_store, clip, sizes=(50, 100, 200, 300, 500), config: FitConfig | None = None,
                    eval_pairs=None, cache: EmbeddingCache | None = None) -> list[dict]:
-    """Held-out accuracy after fitting on the first n labels (nested, seeded order) for each n in `sizes`.
+    """Held-out metrics after fitting on the first n labels (nested, seeded order) for each n in `sizes`.
 
-    With `eval_pairs` (pairs or a store never used for fitting) every size is scored on that same
-    set; otherwise each fit reports its own held-out split.
+    Each point is `fit`'s own path (`fit_data`). With `eval_pairs` (pairs or a store never used for fitting)
+    every size is scored on that same set; otherwise each fit reports its own held-out split.
     """
     cfg = config or FitConfig()
-    if isinstance(clip, (str, bytes)) or hasattr(clip, "__fspath__"):
-        from rlcm.clip import load_clip
-
-        clip = load_clip(clip)
-    if cache is None:
-        cache = EmbeddingCache(clip, getattr(pairs_or_store, "data_dir", None), cfg.image_features)
+    clip, cache = _backbone_and_cache(pairs_or_store, clip, cfg, cache)
     data = collect(pairs_or_store, cache)
     order = np.random.default_rng(cfg.seed).permutation(len(data)).tolist()
     eval_data = collect(eval_pairs, cache) if eval_pairs is not None else None
-    # with a fixed evaluation set, it plays the test split and every label goes to train/val
-    split_cfg = FitConfig(**{**cfg.__dict__, "test_fraction": 0.0}) if eval_data is not None else cfg
     out = []
     for n in sizes:
         if n > len(data):
             out.append({"n_labels": n, "accuracy": None, "note": f"only {len(data)} labels"})
             continue
-        sub = data.subset(order[:n])
-        t0 = time.perf_counter()
-        train, val, test = split(sub, split_cfg)
-        if not train or not val:
-            out.append({"n_labels": n, "accuracy": None, "note": "too few distinct pairs to split"})
+        try:
+            _, m = fit_data(data.subset(order[:n]), cfg, eval_data)
+        except ValueError as e:
+            out.append({"n_labels": n, "accuracy": None, "note": str(e)})
             continue
-        head, _ = train_head(sub, train, val, cfg)
-        seconds = time.perf_counter() - t0
-        m = pair_metrics(head, eval_data if eval_data is not None else sub.subset(test))
-        out.append({"n_labels": n, "accuracy": m["accuracy"], "log_loss": m["log_loss"], "n_eval": m["n"],
-                    "fit_seconds": round(seconds, 3)})
+        out.append({"n_labels": n, **{k: m[k] for k in CURVE_KEYS}})
     return out

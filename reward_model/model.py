@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import ModelHubMixin
 from PIL import Image
 
-from .embeddings import EmbeddingCache, clip_fingerprint
+from .embeddings import EmbeddingCache, clip_fingerprint, image_features
 from .head import EnsembleHead
 
 FORMAT = "rlcm-reward-model"
@@ -24,9 +24,9 @@ class ModelConfig:
     version: str  # model version, e.g. "20260101-120000-1a2b3c4d"
     backbone: dict  # name, source (portable: see rlcm.clip.load_clip), pretrained tag, fingerprint of its weights
     embed_dim: int  # CLIP embedding size D
-    hidden: int  # hidden width of each head
+    hidden: int  # hidden width of each head (0: linear heads)
     ensemble_size: int  # number of heads K
-    image_features: str = "embedding"  # or "embedding+tower" (see rlcm.clip.Clip.image_features)
+    image_features: str = "embedding"  # one of reward_model.embeddings.IMAGE_FEATURES
     image_dim: int | None = None  # width I of the image features (None: D)
     features: str = "[img, txt, img_embedding*txt]"  # head input, I + 2D wide
     normalisation: str = "CLIP embeddings L2-normalised; head input standardised by training mean/std"
@@ -79,7 +79,7 @@ class RewardModel(ModelHubMixin, library_name="rlcm-studio", tags=["reward-model
             d = self.config.embed_dim
             return torch.zeros(0, self.config.image_dim or d), torch.zeros(0, d)
         kind = self.config.image_features
-        img = torch.cat([self.clip.image_features(images[i:i + batch], kind) for i in range(0, len(images), batch)])
+        img = torch.cat([image_features(self.clip, images[i:i + batch], kind) for i in range(0, len(images), batch)])
         uniq = list(dict.fromkeys(prompts))
         txt_u = self.clip.embed_texts(uniq)
         txt = txt_u[[uniq.index(p) for p in prompts]]
