@@ -34,6 +34,9 @@ from reward_model.embeddings import IMAGE_FEATURES  # noqa: E402
 from reward_model.metrics import format_accuracy  # noqa: E402
 
 
+BASELINE = "image features embedding+tower, MLP heads of width 64"  # the default until the perceptual features
+
+
 def render_for_prompt(prompt: str, seed: int):
     """A render of a random scene showing what `prompt` asks for (unspecified attributes drawn at random)."""
     req, rng = world.parse(prompt), random.Random(seed)
@@ -86,6 +89,8 @@ def main() -> None:
     ap.add_argument("--image-features", default=rm.FitConfig.image_features, choices=IMAGE_FEATURES)
     ap.add_argument("--hidden", type=int, default=rm.FitConfig.hidden, help="head width; 0: linear heads (default)")
     ap.add_argument("--no-record", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    ap.add_argument("--baseline", action="store_true",
+                    help=f"also fit the earlier default ({BASELINE}) at 100 labels, for comparison")
     ap.add_argument("--data-dir", default=None, help="keep the store and embedding cache here (default: temp dir)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -124,6 +129,10 @@ def main() -> None:
         held = pairs_of(store, [r for r in labelled if r["prompt"] in eval_prompts])
         fit_cfg = rm.FitConfig(image_features=args.image_features, hidden=args.hidden)
         curve = rm.accuracy_curve(train, clip, sizes, config=fit_cfg, eval_pairs=held, cache=cache)
+        if args.baseline:
+            base_cfg = rm.FitConfig(image_features="embedding+tower", hidden=64)
+            base_cache = rm.EmbeddingCache(clip, data_dir, base_cfg.image_features)
+            curve.append(rm.accuracy_curve(train, clip, (100,), config=base_cfg, eval_pairs=held, cache=base_cache)[0])
         rows.append((name, curve))
         print(f"{name}: {len(labelled)} labels in {time.perf_counter() - t:.1f}s; "
               + "; ".join(f"{c['n_labels']}: {format_accuracy(c)}" for c in curve), flush=True)
@@ -140,16 +149,22 @@ def main() -> None:
              f"{n_eval_prompts} prompts never used for fitting, labelled by the same rater; accuracy is over the "
              "pairs it did not call a tie (its n), with the 95% Wilson interval; the fit uses every label given "
              f"(ties as 1/2). Image features `{args.image_features}`, {head}; otherwise the default FitConfig.", "",
-             "| rater | " + " | ".join(f"{n} labels" for n in sizes) + " | held-out pairs: decided (ties) |",
-             "|---|" + "---|" * (len(sizes) + 1)]
+             "| rater | " + " | ".join(f"{n} labels" for n in sizes)
+             + (" | 100 labels, earlier default" if args.baseline else "") + " | held-out pairs: decided (ties) |",
+             "|---|" + "---|" * (len(sizes) + 1 + args.baseline)]
     for name, curve in rows:
         cells = [f"{c['accuracy']:.3f} ({c['accuracy_ci'][0]:.2f}–{c['accuracy_ci'][1]:.2f})"
                  if c["accuracy"] is not None else "–" for c in curve]
         done = next((c for c in curve if c["accuracy"] is not None), {"accuracy_n": 0, "n_test_ties": 0})
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {done['accuracy_n']} ({done['n_test_ties']}) |")
     lines += ["", "Not better than chance (95% interval reaches 0.5 or below): "
-              + (", ".join(f"{name} at {c['n_labels']}" for name, curve in rows for c in curve
+              + (", ".join(f"{name} at {c['n_labels']}" + (" (earlier default)" if i >= len(sizes) else "")
+                           for name, curve in rows for i, c in enumerate(curve)
                            if c["accuracy"] is not None and not c["better_than_chance"]) or "none") + "."]
+    if args.baseline:
+        lines += ["", f"Earlier default: {BASELINE}. Earlier versions of this section measured it (one figure per "
+                  "cell, no interval); its column here is a rerun on the same labels and held-out pairs and "
+                  "supersedes them."]
     n, seconds, m = fit_time
     lines += ["", f"Fit on {n} pairs with embeddings cached: {seconds:.2f}s "
               f"(head training {m['fit_seconds']:.2f}s, {torch.get_num_threads()} thread(s)); "

@@ -5,8 +5,9 @@
 Toy-LCM samples (36 training prompts x 8 seeds, 4 steps); for each simulated rater's underlying score (warmth,
 plainness, centred size) a ridge regression from features to the score is fitted on 24 prompts and judged on
 the other 12 by within-prompt pairwise ordering, over all pairs and over the pairs whose score difference is
-above the median (the clearer ones). Features: the CLIP image embedding alone, and pooled (mean and max)
-activations of the image tower's last two stages (the reward model appends the last one to the embedding).
+above the median (the clearer ones). Features: the CLIP image embedding alone, pooled (mean and max)
+activations of the image tower's last two stages, and the generic perceptual statistics the reward model
+appends to the embedding by default (reward_model/perceptual.py), alone and with the embedding.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from feedback.raters import centred_size, plainness, warmth  # noqa: E402
+from reward_model.perceptual import DIM, perceptual_features  # noqa: E402
 from rlcm.clip import load_clip  # noqa: E402
 from rlcm.pipelines import load_pipeline  # noqa: E402
 from rlcm.toy import world  # noqa: E402
@@ -75,6 +77,10 @@ def main() -> None:
     for n, a in acts.items():
         feats[f"image tower {n}, pooled mean+max ({2 * a.shape[1]}-d)"] = torch.cat(
             [a.mean((2, 3)), a.amax((2, 3))], 1).numpy()
+    perceptual = perceptual_features(images).numpy()
+    feats[f"perceptual statistics ({DIM}-d)"] = perceptual
+    feats[f"CLIP embedding + perceptual statistics ({perceptual.shape[1] + clip.embed_dim}-d)"] = np.c_[
+        feats["CLIP image embedding alone"], perceptual]
     train = np.arange(len(images)) < TRAIN_PROMPTS * SEEDS
     lines = ["| features | score | same-prompt pairs ordered right | ... with above-median difference | "
              "median difference |", "|---|---|---|---|---|"]
