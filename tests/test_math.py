@@ -224,9 +224,9 @@ def test_accumulated_gradient_is_the_full_batch_clipped_loss(tmp_path):
 
 
 def test_optimiser_steps_per_epoch_and_equal_shares(tmp_path):
-    """2 minibatches x 2 actions x 2 inner epochs = 8 backward passes: 2 steps of 4 each, in every epoch."""
-    tr = tiny_trainer(tmp_path, optimizer_steps_per_epoch=2, inner_epochs=2, images_per_prompt=2,
-                      sample_batch_size=2, train_batch_size=2)
+    """4 minibatches x 1 action x 2 inner epochs = 8 backward passes: 2 steps of 4 each, in every epoch."""
+    tr = tiny_trainer(tmp_path, optimizer_steps_per_epoch=2, inner_epochs=2, images_per_prompt=2, num_steps=2,
+                      sample_batch_size=4, train_batch_size=1)
     assert tr.accum == 4
     seen = capture_steps(tr)
     trajs, rewards, prompts = tr._sample_epoch()

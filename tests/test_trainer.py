@@ -17,7 +17,7 @@ def brightness(images, prompts):
 
 def tiny_config(tmp_path, **kw):
     base = dict(model="tiny", epochs=1, prompts_per_epoch=2, images_per_prompt=4, sample_batch_size=8,
-                train_batch_size=8, num_steps=3, eval_every=0, lr=1e-2, clip_range=1.0, lora_rank=4,
+                train_batch_size=8, num_steps=2, eval_every=0, lr=1e-2, clip_range=1.0, lora_rank=4,
                 lora_alpha=8, output_dir=str(tmp_path / "run"), train_prompts=4, checkpoint_every=1)
     base.update(kw)
     return RLCMConfig(**base)
@@ -60,9 +60,9 @@ def test_saved_lora_reproduces_trainer_images(tmp_path):
     fresh = lcm_pipeline("tiny")
     fresh.set_progress_bar_config(disable=True)
     gens = lambda: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    base = fresh(prompts, num_inference_steps=3, guidance_scale=8.0, generator=gens()).images
+    base = fresh(prompts, num_inference_steps=2, guidance_scale=8.0, generator=gens()).images
     fresh.load_lora_weights(str(tmp_path / "run" / "lora"), adapter_name="rl")
-    theirs = fresh(prompts, num_inference_steps=3, guidance_scale=8.0, generator=gens()).images
+    theirs = fresh(prompts, num_inference_steps=2, guidance_scale=8.0, generator=gens()).images
     for a, b, c in zip(mine, theirs, base):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert any(not np.array_equal(np.asarray(a), np.asarray(c)) for a, c in zip(mine, base))
@@ -105,7 +105,7 @@ def test_kl_anchor_pulls_the_policy_back_to_the_base(tmp_path, units):
     pipe = lcm_pipeline("tiny", seed=0)
     pipe.set_progress_bar_config(disable=True)
     const = lambda images, prompts: np.zeros(len(images), np.float32)  # noqa: E731
-    tr = RLCMTrainer(tiny_config(tmp_path, kl_coef=1.0, lr=5e-3, kl_units=units, images_per_prompt=2, num_steps=2,
+    tr = RLCMTrainer(tiny_config(tmp_path, kl_coef=1.0, lr=5e-3, kl_units=units, images_per_prompt=2,
                                  sample_batch_size=4, train_batch_size=4), pipe=pipe, reward_fn=const)
     torch.manual_seed(0)
     with torch.no_grad():  # move the policy away from the base (LoRA B starts at zero)
@@ -147,7 +147,7 @@ def test_accumulation_must_divide_the_backward_passes(tmp_path):
     """3 optimiser steps cannot share 2 backward passes (1 minibatch x 2 actions): refused, the pipeline untouched."""
     pipe = lcm_pipeline("tiny", seed=0)
     with pytest.raises(ValueError, match="does not divide the 2 backward passes"):
-        RLCMTrainer(tiny_config(tmp_path, optimizer_steps_per_epoch=3), pipe=pipe, reward_fn=brightness)
+        RLCMTrainer(tiny_config(tmp_path, optimizer_steps_per_epoch=3, num_steps=3), pipe=pipe, reward_fn=brightness)
     assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
     with pytest.raises(ValueError, match="at least 1"):
         tiny_config(tmp_path, inner_epochs=0)
