@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from feedback import load_rater  # noqa: E402
+from feedback.pairs import LABEL  # noqa: E402
 from results import results_path, update_section  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
 from rlcm.toy.checker import fidelity  # noqa: E402
@@ -42,8 +43,6 @@ from studio import gate  # noqa: E402
 from studio.runtime import Studio  # noqa: E402
 from studio.serving import BASE  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
-
-WIN = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
 def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log) -> dict:
@@ -84,7 +83,7 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int) -> dict:
     seeds = [20_000 + i for i in range(len(prompts))]
     base = studio.generator.generate(prompts, seeds, version=BASE)[0]
     tuned = studio.generator.generate(prompts, seeds, version=served)[0]
-    wins = [WIN[oracle(f, b, p)] if i % 2 == 0 else 1.0 - WIN[oracle(b, f, p)]
+    wins = [LABEL[oracle(f, b, p)] if i % 2 == 0 else 1.0 - LABEL[oracle(b, f, p)]
             for i, (b, f, p) in enumerate(zip(base, tuned, prompts))]
     rec = gate.Record(sum(w == 1.0 for w in wins), sum(w == 0.0 for w in wins), sum(w == 0.5 for w in wins))
     out = {"served_version": served, "served_win_rate": float(np.mean(wins)), "served_win_rate_n": len(wins),
@@ -138,7 +137,7 @@ def main() -> None:
                   "next_pair_ms_p50": voted["next_pair_ms_p50"], "next_pair_ms_p95": voted["next_pair_ms_p95"]}
         rm = studio.rounds.reward_model
         if rm is not None:
-            report.update(rm_accuracy=rm.metrics.get("accuracy"), rm_accuracy_n=rm.metrics.get("n_test"),
+            report.update(rm_accuracy=rm.metrics.get("accuracy"), rm_accuracy_n=rm.metrics.get("accuracy_n"),
                           rm_accuracy_ci=rm.metrics.get("accuracy_ci"))
         report.update(evaluate(studio, oracle, 2 if args.quick else args.eval_prompts, args.seed))
     finally:

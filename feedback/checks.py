@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-MAX_NAME = 100  # longest rater name / generator name
+# longest generator / model name (and other short identifiers); rater names have their own limits in
+# identity.py (MAX_RATER_NAME for typed names, MAX_STORED_RATER for any name the store keeps)
+MAX_NAME = 100
 MAX_CLIENT_ID = 200  # longest client-supplied submission id
 MAX_PROMPT = 2000  # longest prompt in characters
 

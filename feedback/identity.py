@@ -17,9 +17,13 @@ from dataclasses import dataclass
 
 MAX_RATER_NAME = 64  # longest rater name after normalisation: the one limit for typed names
 SIGNED_IN_PREFIX = "hf:"
+MAX_HF_USER = 96  # longest Hugging Face username (_HF_USER_RE)
+# longest rater name the store keeps: a typed name (<= MAX_RATER_NAME) or "hf:" + a username (99)
+MAX_STORED_RATER = max(MAX_RATER_NAME, len(SIGNED_IN_PREFIX) + MAX_HF_USER)
 TOKEN_BYTES = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")  # what a presented token may look like
-_HF_USER_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")  # fullmatch: "$" allows a "\n"
+# use fullmatch: "$" allows a trailing "\n"
+_HF_USER_RE = re.compile(rf"[A-Za-z0-9](?:[A-Za-z0-9._-]{{0,{MAX_HF_USER - 2}}}[A-Za-z0-9])?")
 # Unicode categories refused outright in a name: control, surrogate, private use, unassigned, line/paragraph
 # separators (format characters such as zero-width spaces are stripped instead)
 _REFUSED = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}

@@ -12,6 +12,10 @@ from typing import Callable, Iterable
 
 Uncertainty = Callable[[list[tuple[str, str]]], list[float]]
 
+# What a labelled choice says: the probability that a was preferred (the Bradley-Terry target, Pick-a-Pic's
+# label_0); skips carry no label. The one definition, for the reward model, the Parquet files and the gate.
+LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
+
 
 @dataclass
 class PairPolicy:

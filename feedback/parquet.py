@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import identity
 from . import images as imgs
 from .checks import check_name, check_prompt
+from .pairs import LABEL
 
 if TYPE_CHECKING:
     from .store import FeedbackStore
@@ -48,7 +50,7 @@ SCHEMA = pa.schema([  # the published pickapic_v2 columns, in its order, with it
 ])
 REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "image_0_uid", "image_1_uid", "model_0", "model_1",
             "user_id", "has_label", "are_different", "created_at")  # what import needs; the rest is optional
-LABELS = {(1.0, 0.0): "a", (0.0, 1.0): "b", (0.5, 0.5): "tie"}
+LABELS = {(p, 1.0 - p): choice for choice, p in LABEL.items()}  # (label_0, label_1) -> choice
 META_KEY = b"rlcm"
 META_FORMATS = (1, 2)  # 2 adds "raters" (user_id -> rater name)
 UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # uuids and hex digests; no separators, no ".."
@@ -67,7 +69,9 @@ class ImportLimits:
 # ---------------------------------------------------------------- export
 
 def _label(choice: str) -> tuple[float, float, bool]:
-    return {"a": (1.0, 0.0, True), "b": (0.0, 1.0, True), "tie": (0.5, 0.5, True), "skip": (0.0, 0.0, False)}[choice]
+    if choice == "skip":  # Pick-a-Pic's unlabelled row
+        return 0.0, 0.0, False
+    return LABEL[choice], 1.0 - LABEL[choice], True
 
 
 def user_number(rater: str) -> int:
@@ -289,7 +293,7 @@ def import_parquet(store: FeedbackStore, path: str | Path, limits: ImportLimits 
         try:
             caption = check_prompt(r["caption"], "caption")
             choice = _choice(r["label_0"], r["label_1"], r["has_label"])
-            rater = check_name(_rater(r["user_id"], meta["raters"]), "user_id")
+            rater = check_name(_rater(r["user_id"], meta["raters"]), "user_id", identity.MAX_STORED_RATER)
             created = _created_at(r["created_at"])
             images = []
             for k in (0, 1):

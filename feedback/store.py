@@ -289,14 +289,14 @@ class FeedbackStore:
         """
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
-        rater = check_name(rater, "rater")
+        rater = check_name(rater, "rater", identity.MAX_STORED_RATER)
         client_id = check_name(client_id, "client_id", MAX_CLIENT_ID)
         with self._write() as db:
             return self._insert_comparison(db, sample_a, sample_b, choice, rater, client_id)
 
     def undo_last(self, rater: str) -> dict | None:
         """Retract `rater`'s most recent comparison (kept with `undone_at` set, excluded everywhere); None if none."""
-        rater = check_name(rater, "rater")
+        rater = check_name(rater, "rater", identity.MAX_STORED_RATER)
         with self._write() as db:
             row = self._comparison(db, "c.rater = ? AND c.undone_at IS NULL ORDER BY c.id DESC LIMIT 1", [rater])
             if row is None:
@@ -428,7 +428,7 @@ class FeedbackStore:
         `policy.cross_fraction` of the time. With `uncertainty`, the most uncertain of a random set of
         candidates wins.
         """
-        rater = check_name(rater, "rater")
+        rater = check_name(rater, "rater", identity.MAX_STORED_RATER)
         rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         samples = self.samples()
         if generator is None and samples:
@@ -685,7 +685,8 @@ class FeedbackStore:
                     raise ValueError(f"its image {sid[:12]}… was refused: {refused[sid]}")
             if c["choice"] not in CHOICES:
                 raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {c['choice']!r}")
-            row = self._insert_comparison(db, c["a"], c["b"], c["choice"], check_name(c["rater"], "rater"),
+            rater = check_name(c["rater"], "rater", identity.MAX_STORED_RATER)
+            row = self._insert_comparison(db, c["a"], c["b"], c["choice"], rater,
                                           check_name(c["client_id"], "client_id", MAX_CLIENT_ID), c.get("created_at"))
             report["comparisons_added" if row["created"] else "comparisons_existing"] += 1
 

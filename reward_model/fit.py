@@ -21,15 +21,13 @@ import numpy as np
 import torch
 
 from feedback.images import png_bytes, sha256
-from feedback.pairs import pair_key
+from feedback.pairs import LABEL, pair_key
 
 from .embeddings import EmbeddingCache, check_image_features, clip_fingerprint, feature_groups
 from .head import EnsembleHead, bt_loss, features
 from .linear import SCALES, Prior, folds_by_group, train_linear
 from .metrics import accuracy_summary
 from .model import ModelConfig, RewardModel, clip_source
-
-LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
 @dataclass

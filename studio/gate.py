@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from feedback.pairs import LABEL
+
 
 @dataclass(frozen=True)
 class GateRule:
@@ -97,8 +99,8 @@ def bradley_terry(votes: list[dict], versions: list[str], anchor: str, prior_sd:
     Maximum a posteriori with a N(0, prior_sd^2) prior, by Newton's method; intervals from the Hessian.
     """
     idx = {v: i for i, v in enumerate(versions)}
-    rows = [(idx[v["generator_a"]], idx[v["generator_b"]], {"a": 1.0, "b": 0.0, "tie": 0.5}[v["choice"]])
-            for v in votes if v["choice"] in ("a", "b", "tie") and v["generator_a"] in idx and v["generator_b"] in idx
+    rows = [(idx[v["generator_a"]], idx[v["generator_b"]], LABEL[v["choice"]])
+            for v in votes if v["choice"] in LABEL and v["generator_a"] in idx and v["generator_b"] in idx
             and v["generator_a"] != v["generator_b"]]
     free = [i for i in range(len(versions)) if versions[i] != anchor]
     s = np.zeros(len(versions))
