@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -71,3 +72,22 @@ def tiny_lcm():
     pipe = lcm_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---------------------------------------------------------------- trainer tests (imported: `from .conftest import ...`)
+
+
+def brightness(images, prompts) -> np.ndarray:
+    """The trainer tests' reward: mean pixel value in [0, 1], cheap and easy for a policy to move."""
+    return np.array([np.asarray(im, np.float32).mean() / 255 for im in images], np.float32)
+
+
+# what every trainer test shares: the tiny random LCM, 2 steps (1 action), no evals, a checkpoint every epoch
+TRAINER_TEST_DEFAULTS = dict(model="tiny", num_steps=2, eval_every=0, lr=1e-2, clip_range=1.0, checkpoint_every=1)
+
+
+def rlcm_config(tmp_path: Path, sizes: dict, **kw):
+    """An RLCMConfig writing under tmp_path/run: the shared defaults, then a test file's `sizes`, then `kw`."""
+    from rlcm.trainer import RLCMConfig
+
+    return RLCMConfig(**{**TRAINER_TEST_DEFAULTS, "output_dir": str(tmp_path / "run"), **sizes, **kw})

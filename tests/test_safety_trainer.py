@@ -6,23 +6,17 @@ import json
 import shutil
 import threading
 
-import numpy as np
 import torch
 
 from rlcm.arch import lcm_pipeline
-from rlcm.trainer import RLCMConfig, RLCMTrainer, resume_config
+from rlcm.trainer import RLCMTrainer, resume_config
 
-
-def brightness(images, prompts):
-    return np.array([np.asarray(im, np.float32).mean() / 255 for im in images], np.float32)
+from .conftest import brightness, rlcm_config
 
 
 def config(tmp_path, **kw):
-    base = dict(model="tiny", epochs=2, prompts_per_epoch=1, images_per_prompt=2, sample_batch_size=2,
-                train_batch_size=2, num_steps=2, eval_every=0, lr=1e-2, clip_range=1.0, lora_rank=2,
-                lora_alpha=2, output_dir=str(tmp_path / "run"), train_prompts=2, checkpoint_every=1)
-    base.update(kw)
-    return RLCMConfig(**base)
+    return rlcm_config(tmp_path, dict(epochs=2, prompts_per_epoch=1, images_per_prompt=2, sample_batch_size=2,
+                                      train_batch_size=2, lora_rank=2, lora_alpha=2, train_prompts=2), **kw)
 
 
 def trainer(cfg, stop_at: int | None = None):

@@ -10,17 +10,12 @@ import torch
 from rlcm.arch import lcm_pipeline
 from rlcm.trainer import RLCMConfig, RLCMTrainer
 
-
-def brightness(images, prompts):
-    return np.array([np.asarray(im, np.float32).mean() / 255 for im in images], np.float32)
+from .conftest import brightness, rlcm_config
 
 
 def tiny_config(tmp_path, **kw):
-    base = dict(model="tiny", epochs=1, prompts_per_epoch=2, images_per_prompt=4, sample_batch_size=8,
-                train_batch_size=8, num_steps=2, eval_every=0, lr=1e-2, clip_range=1.0, lora_rank=4,
-                lora_alpha=8, output_dir=str(tmp_path / "run"), train_prompts=4, checkpoint_every=1)
-    base.update(kw)
-    return RLCMConfig(**base)
+    return rlcm_config(tmp_path, dict(epochs=1, prompts_per_epoch=2, images_per_prompt=4, sample_batch_size=8,
+                                      train_batch_size=8, lora_rank=4, lora_alpha=8, train_prompts=4), **kw)
 
 
 def make_trainer(tmp_path, seed=0, **kw):

@@ -19,6 +19,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,37 @@ class Checkpoint:
         tmp.replace(self.path)
 
 
+def train_loop(name: str, cfg: BuildConfig, step: int, total: int, opt: torch.optim.Optimizer,
+               lr: Callable[[int], float], loss_fn: Callable[[], torch.Tensor], ck: Checkpoint, saved: dict,
+               clip: list | None = None, after_step: Callable[[], None] | None = None,
+               evaluate: Callable[[int], None] | None = None, loss_digits: int = 4) -> None:
+    """The optimisation loop every stage shares: lr schedule, one step, progress log, checkpoint, eval.
+
+    `loss_fn` draws its own batch, so a stage's random draws happen in the same order as before the loop was
+    shared (a resumed build stays bit-identical). `saved` names the objects the checkpoint holds."""
+    t0 = time.time()
+    while step < total:
+        for g in opt.param_groups:
+            g["lr"] = lr(step)
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(clip, 1.0)
+        opt.step()
+        if after_step is not None:
+            after_step()
+        step += 1
+        if step % 50 == 0:
+            log(f"{name} step {step}/{total} loss {loss.item():.{loss_digits}f} ({(time.time() - t0) / 50:.2f}s/step)")
+            t0 = time.time()
+        if step % cfg.ckpt_every == 0:
+            ck.save(step, **saved)
+        if evaluate is not None and (step % cfg.eval_every == 0 or step == total):
+            evaluate(step)
+            t0 = time.time()  # the eval's time is not a training step's
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -147,25 +179,17 @@ def stage_vae(cfg: BuildConfig) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     ck = Checkpoint(cfg.work / "vae.ckpt")
     step = ck.load(model=vae, opt=opt)
-    t0 = time.time()
-    while step < cfg.vae_steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.vae_steps, 1e-3, 100)
+
+    def loss_fn() -> torch.Tensor:
         idx = np.random.randint(0, len(data), cfg.vae_batch)
         oy, ox = np.random.randint(0, world.SIZE - 32 + 1, 2) // 4 * 4
         x = to_tensor(data[idx, oy:oy + 32, ox:ox + 32])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            log(f"vae step {step}/{cfg.vae_steps} loss {loss.item():.4f} ({(time.time() - t0) / 50:.2f}s/step)")
-            t0 = time.time()
-        if step % cfg.ckpt_every == 0:
-            ck.save(step, model=vae, opt=opt)
+        return (rec - x).abs().mean() + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+
+    train_loop("vae", cfg, step, cfg.vae_steps, opt, lambda s: lr_at(s, cfg.vae_steps, 1e-3, 100), loss_fn, ck,
+               dict(model=vae, opt=opt))
     with torch.no_grad():
         x = to_tensor(data[:256])
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
@@ -296,12 +320,14 @@ def stage_teacher(cfg: BuildConfig) -> None:
         step = cfg.teacher_init_step
         log(f"teacher starts from {cfg.teacher_init} at step {step}")
     eval_prompts = world.prompts("heldout", 64, seed=1)
-    t0 = time.time()
-    while step < cfg.teacher_steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.teacher_steps, cfg.teacher_lr)
-            if cfg.teacher_init is not None:  # the fresh optimiser warms up again (lr_at's warmup is at step 0)
-                g["lr"] *= min(1.0, (step - cfg.teacher_init_step + 1) / 200)
+
+    def lr(step: int) -> float:
+        base = lr_at(step, cfg.teacher_steps, cfg.teacher_lr)
+        if cfg.teacher_init is not None:  # the fresh optimiser warms up again (lr_at's warmup is at step 0)
+            base *= min(1.0, (step - cfg.teacher_init_step + 1) / 200)
+        return base
+
+    def loss_fn() -> torch.Tensor:
         idx = np.random.randint(0, len(latents), cfg.teacher_batch)
         x0 = latents[idx]
         ids = _batch_ids(data, idx, cfg.cond_dropout)
@@ -311,26 +337,18 @@ def stage_teacher(cfg: BuildConfig) -> None:
         pred = unet(xt, t, encoder_hidden_states=te(ids)[0]).sample
         # min-SNR-gamma weighting for eps-prediction: min(snr, gamma) / snr
         w = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
-        loss = (w * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            log(f"teacher step {step}/{cfg.teacher_steps} loss {loss.item():.4f} "
-                f"({(time.time() - t0) / 50:.2f}s/step)")
-            t0 = time.time()
-        if step % cfg.ckpt_every == 0:
-            ck.save(step, unet=unet, te=te, opt=opt)
-        if step % cfg.eval_every == 0 or step == cfg.teacher_steps:
-            pipe = teacher_pipeline(tok, vae, te.eval(), unet.eval())
-            with torch.no_grad():
-                res = evaluate(pipe, eval_prompts, [0], num_inference_steps=20, guidance_scale=5.0)
-            save_grid(res.pop("images")[:32], cfg.work / f"teacher_{step}.png")
-            log(f"teacher eval step {step} (20 DDIM, cfg 5, held-out): {_fmt(res)}")
-            te.train(), unet.train()
-            t0 = time.time()
+        return (w * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+    def eval_at(step: int) -> None:
+        pipe = teacher_pipeline(tok, vae, te.eval(), unet.eval())
+        with torch.no_grad():
+            res = evaluate(pipe, eval_prompts, [0], num_inference_steps=20, guidance_scale=5.0)
+        save_grid(res.pop("images")[:32], cfg.work / f"teacher_{step}.png")
+        log(f"teacher eval step {step} (20 DDIM, cfg 5, held-out): {_fmt(res)}")
+        te.train(), unet.train()
+
+    train_loop("teacher", cfg, step, cfg.teacher_steps, opt, lr, loss_fn, ck, dict(unet=unet, te=te, opt=opt),
+               clip=params, evaluate=eval_at)
     teacher_pipeline(tok, vae, te, unet).save_pretrained(out)
 
 
@@ -372,15 +390,12 @@ def stage_lcd(cfg: BuildConfig) -> None:
     w_embed = LatentConsistencyModelPipeline.get_guidance_scale_embedding
     eval_prompts = world.prompts("heldout", 64, seed=1)
     empty = torch.from_numpy(data["ids_empty"]).long()
-    t0 = time.time()
 
     def x0_eps(model_out, x, t):
         a = alphas[t][:, None, None, None]
         return (x - (1 - a).sqrt() * model_out) / a.sqrt(), model_out
 
-    while step < cfg.lcd_steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.lcd_steps, cfg.lcd_lr, 100)
+    def loss_fn() -> torch.Tensor:
         idx = np.random.randint(0, len(latents), cfg.lcd_batch)
         x0 = latents[idx]
         ids = _batch_ids(data, idx, 0.0)
@@ -418,27 +433,23 @@ def stage_lcd(cfg: BuildConfig) -> None:
                             x_end, t_end)
             target_pred = c_skip_e * x_end + c_out_e * tx0
         # 6. pseudo-Huber loss (c = 0.001, as in the LCM training script)
-        loss = (torch.sqrt((model_pred - target_pred) ** 2 + 0.001**2) - 0.001).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():  # 7. EMA target
-            for p_t, p_s in zip(target.parameters(), student.parameters()):
-                p_t.lerp_(p_s, 1 - cfg.ema_decay)
-        step += 1
-        if step % 50 == 0:
-            log(f"lcd step {step}/{cfg.lcd_steps} loss {loss.item():.5f} ({(time.time() - t0) / 50:.2f}s/step)")
-            t0 = time.time()
-        if step % cfg.ckpt_every == 0:
-            ck.save(step, student=student, target=target, opt=opt)
-        if step % cfg.eval_every == 0 or step == cfg.lcd_steps:
-            pipe = lcm_pipeline(tok, vae, te, target.eval())
-            with torch.no_grad():
-                res = evaluate(pipe, eval_prompts, [0], num_inference_steps=4, guidance_scale=5.0)
-            save_grid(res.pop("images")[:32], cfg.work / f"lcm_{step}.png")
-            log(f"lcm eval step {step} (4 steps, held-out): {_fmt(res)}")
-            t0 = time.time()
+        return (torch.sqrt((model_pred - target_pred) ** 2 + 0.001**2) - 0.001).mean()
+
+    @torch.no_grad()
+    def ema() -> None:  # 7. EMA target
+        for p_t, p_s in zip(target.parameters(), student.parameters()):
+            p_t.lerp_(p_s, 1 - cfg.ema_decay)
+
+    def eval_at(step: int) -> None:
+        pipe = lcm_pipeline(tok, vae, te, target.eval())
+        with torch.no_grad():
+            res = evaluate(pipe, eval_prompts, [0], num_inference_steps=4, guidance_scale=5.0)
+        save_grid(res.pop("images")[:32], cfg.work / f"lcm_{step}.png")
+        log(f"lcm eval step {step} (4 steps, held-out): {_fmt(res)}")
+
+    train_loop("lcd", cfg, step, cfg.lcd_steps, opt, lambda s: lr_at(s, cfg.lcd_steps, cfg.lcd_lr, 100), loss_fn,
+               ck, dict(student=student, target=target, opt=opt), clip=list(student.parameters()),
+               after_step=ema, evaluate=eval_at, loss_digits=5)
     lcm_pipeline(tok, vae, te, target).save_pretrained(out)
 
 
@@ -501,10 +512,8 @@ def stage_clip(cfg: BuildConfig) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     ck = Checkpoint(cfg.work / "clip.ckpt")
     step = ck.load(model=model, opt=opt)
-    t0 = time.time()
-    while step < cfg.clip_steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.clip_steps, 1e-3, 100)
+
+    def loss_fn() -> torch.Tensor:
         idx = np.random.randint(0, len(images), cfg.clip_batch)
         x = (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
         caps, negs = [], []
@@ -517,18 +526,14 @@ def stage_clip(cfg: BuildConfig) -> None:
         txt_f = F.normalize(model.encode_text(tokenizer(caps + negs)), dim=-1)
         logits = model.logit_scale.exp() * img_f @ txt_f.T  # (B, B + negatives)
         labels = torch.arange(len(idx))
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, : len(idx)].T, labels)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        step += 1
-        if step % 50 == 0:
-            log(f"clip step {step}/{cfg.clip_steps} loss {loss.item():.4f} ({(time.time() - t0) / 50:.2f}s/step)")
-            t0 = time.time()
-        if step % cfg.ckpt_every == 0:
-            ck.save(step, model=model, opt=opt)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, : len(idx)].T, labels)) / 2
+
+    @torch.no_grad()
+    def clamp_scale() -> None:
+        model.logit_scale.clamp_(0, math.log(100))
+
+    train_loop("clip", cfg, step, cfg.clip_steps, opt, lambda s: lr_at(s, cfg.clip_steps, 1e-3, 100), loss_fn, ck,
+               dict(model=model, opt=opt), after_step=clamp_scale)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
     log(f"clip retrieval among swapped captions (held-out): {clip_retrieval(out):.3f}")
