@@ -1,8 +1,19 @@
-"""Write data/models/README.md, the model card of the embedded toy models."""
+"""Write data/models/README.md, the model card of the embedded toy models, from its stored inputs and notes.
+
+The card is generated, never edited: `card.json` beside it holds what the build measured (config, fidelity
+rows, CLIP retrieval, stage minutes, date) and `NOTES.md` the hand-written history the generator includes.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+INPUTS = "card.json"  # beside README.md
+NOTES = "NOTES.md"
 
 
 def stage_minutes(log_path) -> dict[str, float]:
@@ -27,13 +38,37 @@ def stage_minutes(log_path) -> dict[str, float]:
 
 
 def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
+    """Store the card's inputs (`card.json`) and write README.md from them and `NOTES.md` (if present)."""
+    inputs = {"date": time.strftime("%Y-%m-%d"),
+              "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+              "rows": [[label, r] for label, r in rows], "clip_retrieval": retrieval,
+              "stage_minutes": stage_minutes(Path(cfg.work) / "build.log")}
+    out = Path(cfg.out)
+    (out / INPUTS).write_text(json.dumps(inputs, indent=2) + "\n")
+    (out / "README.md").write_text(card_text(inputs, _notes(out)))
+
+
+def _notes(out: Path) -> str:
+    path = out / NOTES
+    return path.read_text() if path.exists() else ""
+
+
+def regenerate(out: Path) -> str:
+    """The card text from the stored `card.json` and `NOTES.md` of a model directory (no evaluation)."""
+    return card_text(json.loads((out / INPUTS).read_text()), _notes(out))
+
+
+def card_text(inputs: dict, notes: str = "") -> str:
+    """The model card: pure function of the stored inputs and the hand-written notes."""
     from .models import CLIP_CONFIG
 
+    cfg = SimpleNamespace(**inputs["config"])
+    rows, retrieval, minutes = inputs["rows"], inputs["clip_retrieval"], inputs["stage_minutes"]
     vis, txt = CLIP_CONFIG["vision_cfg"], CLIP_CONFIG["text_cfg"]
     lines = [
         "# Embedded toy-world models",
         "",
-        f"Built by `python -m rlcm.toy.build` on {time.strftime('%Y-%m-%d')} (2-core CPU, no GPU).",
+        f"Built by `python -m rlcm.toy.build` on {inputs['date']} (2-core CPU, no GPU).",
         "Everything here is trained from scratch by the project's own scripts on the procedural toy world",
         "(`rlcm/toy/world.py`); nothing is downloaded.",
         "",
@@ -63,8 +98,8 @@ def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
         f"attribute-swapped hard negative per single-object scene, captions short / full / full + position, "
         f"{cfg.clip_steps} steps at batch {cfg.clip_batch}",
         "",
-        f"Wall-clock per stage on this 2-core CPU, summed over every run of it (from {cfg.work}/build.log): " + (", ".join(f"{k} {v:.0f} min" for k, v in stage_minutes(cfg.work / "build.log").items())
-                      or "not recorded") + ".",
+        f"Wall-clock per stage on this 2-core CPU, summed over every run of it (from {cfg.work}/build.log): "
+        + (", ".join(f"{k} {v:.0f} min" for k, v in minutes.items()) or "not recorded") + ".",
         "",
         f"## Prompt fidelity on {cfg.card_prompts} held-out prompts x 2 seeds (toy checker)",
         "",
@@ -85,4 +120,6 @@ def write_card(cfg, rows: list[tuple[str, dict]], retrieval: float) -> None:
         "![samples](lcm_4step_heldout.png)",
         "",
     ]
-    (cfg.out / "README.md").write_text("\n".join(lines))
+    if notes.strip():
+        lines += ["## Notes (hand-written, `NOTES.md`)", "", notes.strip(), ""]
+    return "\n".join(lines)
