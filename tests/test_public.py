@@ -104,6 +104,10 @@ def test_space_start_asks_visitors_to_sign_in(monkeypatch, tmp_path):
                      OAUTH_CLIENT_SECRET="client-secret", OAUTH_SCOPES="openid profile",
                      OPENID_PROVIDER_URL="http://127.0.0.1:9", GRADIO_TEMP_DIR=str(tmp_path / "cache")).items():
         monkeypatch.setenv(k, v)
+    import gradio.oauth
+
+    for k in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL"):
+        monkeypatch.setattr(gradio.oauth, k, os.environ[k])  # Gradio reads them at import: another app came first
     studio, demo = launch_studio(tmp_path / "data", queue_size=1)
     try:
         assert httpx.get(demo.local_url, timeout=30).status_code == 200
