@@ -408,10 +408,14 @@ class FeedbackStore:
         return self._db().execute("SELECT 1 FROM rater_tokens WHERE name = ?",
                                   [identity.normalise_name(name)]).fetchone() is not None
 
-    def comparisons(self, include_skips: bool = False) -> list[dict]:
-        """Live (not undone) comparisons in the order they were made, with prompt text and generators."""
-        skip = "" if include_skips else " AND c.choice != 'skip'"
-        return list(self._db().query(f"{self._COMPARISON_SQL} WHERE c.undone_at IS NULL{skip} ORDER BY c.id"))
+    def comparisons(self, include_skips: bool = False, between: tuple[str, str] | None = None) -> list[dict]:
+        """Live (not undone) comparisons in the order they were made, with prompt text and generators;
+        with `between`, only those of a sample of one generator against one of the other (either side)."""
+        where, params = "c.undone_at IS NULL" + ("" if include_skips else " AND c.choice != 'skip'"), []
+        if between is not None:
+            where += (" AND ((sa.generator = ? AND sb.generator = ?) OR (sa.generator = ? AND sb.generator = ?))")
+            params = [between[0], between[1], between[1], between[0]]
+        return list(self._db().query(f"{self._COMPARISON_SQL} WHERE {where} ORDER BY c.id", params))
 
     def judged_pairs(self, rater: str) -> set[tuple[str, str]]:
         rows = self._db().execute("SELECT sample_a, sample_b FROM comparisons WHERE rater = ? AND undone_at IS NULL",

@@ -244,7 +244,8 @@ class Studio:
             cand = self.generator.candidate
             if cand is None:
                 return "none", "no candidate on trial"
-            rec = gate.record(self.store.comparisons(), cand, self.generator.version)
+            served = self.generator.version
+            rec = gate.record(self.store.comparisons(between=(cand, served)), cand, served)
             decision, why = gate.decide(rec, self.settings.gate_rule())
             if decision == "promote":
                 rid, _ = self._round_version(cand)
@@ -286,7 +287,7 @@ class Studio:
                 self._render_compare(version, lambda p, sd: self.generator.generate(p, sd, version=version)[0])
                 reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
                 if reason is None:  # its peft-format weights let the next round start from it once it is served
-                    ck = self.settings.data_dir / "rounds" / str(rid) / "checkpoint" / "adapter.safetensors"
+                    ck = self._adapter_checkpoint(rid)
                     if not ck.exists():
                         self.generator.save_adapter("candidate", ck)
             except Exception as e:  # unloadable or broken weights
@@ -303,8 +304,12 @@ class Studio:
         version = self.generator.version
         if version == BASE:
             return BASE, None
-        path = self.settings.data_dir / "rounds" / version.removeprefix("round-") / "checkpoint" / "adapter.safetensors"
+        path = self._adapter_checkpoint(int(version.removeprefix("round-")))
         return version, path if path.exists() else None
+
+    def _adapter_checkpoint(self, rid: int) -> Path:
+        """Round `rid`'s peft-format weights, the file `RLCMConfig.init_lora` reads (the trainer writes it there)."""
+        return self.settings.data_dir / "rounds" / str(rid) / "checkpoint" / "adapter.safetensors"
 
     def _restore_active(self) -> None:
         path = self.settings.data_dir / "active.json"
@@ -351,7 +356,7 @@ class Studio:
         cand, served = self.generator.candidate, self.generator.version
         if cand is None:
             return views.trial_text(None, served, None, "", "")
-        rec = gate.record(self.store.comparisons(), cand, served)
+        rec = gate.record(self.store.comparisons(between=(cand, served)), cand, served)
         return views.trial_text(cand, served, rec, *gate.decide(rec, self.settings.gate_rule()))
 
     def train_view(self) -> tuple[str, list[dict], list[dict]]:
@@ -487,7 +492,7 @@ class Studio:
         if version == BASE:
             raise ValueError("the base model has no LoRA: serve a round first, or pick one")
         rid, row = self._round_version(version)
-        rec = gate.record(self.store.comparisons(), version, BASE)
+        rec = gate.record(self.store.comparisons(between=(version, BASE)), version, BASE)
         rm = self.rounds.reward_model
         s = self.settings
         reward = (f"preference reward model {row.get('reward_model_version') or (rm.version if rm else '?')}"
