@@ -9,7 +9,8 @@ from .common import user_errors
 
 
 def build(studio, password: gr.Textbox, admin) -> None:
-    def export(version: str | None):
+    def export(password_: str, version: str | None, profile: gr.OAuthProfile | None = None):
+        admin(password_, profile)  # it writes a folder and a zip
         return str(studio.export_lora(version or None))
 
     def push(what: str):
@@ -24,9 +25,9 @@ def build(studio, password: gr.Textbox, admin) -> None:
                 "`datasets.load_dataset(repo)` (see the README).")
     with gr.Row():
         version = gr.Textbox(label="LoRA of version (empty: the served one)", placeholder="round-N")
-        b_lora = gr.Button("Export LoRA (diffusers folder + card, zip)", elem_id="btn-export-lora")
+        b_lora = gr.Button("Export LoRA (admin; diffusers folder + card, zip)", elem_id="btn-export-lora")
     lora_file = gr.File(label="LoRA download")
-    b_lora.click(user_errors(export), [version], [lora_file], api_visibility="private")
+    b_lora.click(user_errors(export), [password, version], [lora_file], api_visibility="private")
     for what, label in (("reward_model", "reward model"), ("lora", "served LoRA"), ("dataset", "preference data")):
         with gr.Row():
             repo = gr.Textbox(label=f"Hub repo for the {label}", placeholder="user/name", scale=3)
