@@ -45,11 +45,15 @@ from studio.serving import BASE  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
 
 
-def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log) -> dict:
-    """Vote like a person at the Rate tab until the labels are spent (and no round runs) or the deadline."""
+def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log, report_at=()) -> dict:
+    """Vote like a person at the Rate tab until the labels are spent (and no round runs) or the deadline.
+
+    At each label count in `report_at`, note what a run that stopped there would serve: its served version,
+    rounds and reward model (a round still training then could not be promoted without more votes)."""
     spent = ab = 0
     token = None
     latency = []
+    at: dict[int, dict] = {}
     next_at = time.time()
     while time.time() < deadline:
         if spent < labels:
@@ -65,6 +69,9 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log)
             token = row["rater_token"]  # kept like the browser keeps it
             spent += 1
             ab += bool(cand and cand in gens)
+            if spent in report_at:
+                at[spent] = {"labels": spent, "gate_labels": ab, "served_version": studio.generator.version,
+                             "reward_model": studio.rounds.reward_model, **round_counts(studio)}
             if spent % 10 == 0:
                 log(f"{spent} labels ({ab} A/B), serving {studio.generator.version}, candidate {cand}, "
                     f"round {studio.rounds.snapshot().get('state')}")
@@ -72,11 +79,11 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log)
             time.sleep(1.0)
         else:
             break
-    return {"labels": spent, "gate_labels": ab, "next_pair_ms_p50": 1000 * float(np.median(latency)) if latency else None,
+    return {"labels": spent, "gate_labels": ab, "at": at, "next_pair_ms_p50": 1000 * float(np.median(latency)) if latency else None,
             "next_pair_ms_p95": 1000 * float(np.percentile(latency, 95)) if latency else None}
 
 
-def evaluate(studio: Studio, oracle, n_prompts: int, seed: int) -> dict:
+def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict:
     """Served vs base on held-out prompts x 2 seeds, the same seeds for both."""
     served = studio.generator.version
     prompts = [p for p in get_prompts("toy", "heldout", n_prompts, seed=seed + 1)[:n_prompts] for _ in (0, 1)]
@@ -90,8 +97,7 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int) -> dict:
            "served_win_rate_interval90": rec.interval(0.9)}
     fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
     out.update(fidelity_base=fb, fidelity_served=ft, fidelity_change_points=100 * (ft - fb))
-    rm = studio.rounds.reward_model
-    if rm is not None:  # its accuracy under the oracle on base pairs of prompts it never saw
+    if rm is not None:  # the reward model's accuracy under the oracle on base pairs of prompts it never saw
         pairs = [(base[i], base[i + 1], prompts[i]) for i in range(0, len(base), 2)]
         truth = [oracle(a, b, p) for a, b, p in pairs]
         r = rm.score([im for a, b, _ in pairs for im in (a, b)], [p for _, _, p in pairs for _ in (0, 1)])
@@ -101,17 +107,83 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int) -> dict:
     return out
 
 
+def round_counts(studio: Studio) -> dict:
+    rounds = [r for r in studio.store.rounds() if r["status"] in ("running", "done", "failed", "cancelled")]
+    return {"rounds_started": len(rounds),
+            "rounds_promoted": sum(r.get("verdict") == "promoted" for r in rounds),
+            "rounds_rejected": sum(r.get("verdict") == "rejected" for r in rounds),
+            "round_verdicts": [f"round-{r['id']}: {r['status']}/{r.get('verdict')}: {r.get('verdict_reason')}"
+                               for r in rounds]}
+
+
+def section(report: dict, settings: StudioSettings, oracle: str, note: str = "") -> str:
+    lo, hi = report["served_win_rate_interval90"]
+    rm = report.get("rm_accuracy_heldout_prompts_n") is not None
+    return (f"`studio.runtime.Studio` with the app's defaults (auto round every {settings.auto_round_every} labels, "
+            f"{settings.round_epochs} epochs, guard {settings.alignment_guard:g}, A/B share {settings.ab_fraction:g}); "
+            f"oracle `{oracle}` votes through `Studio.next_pair`/`Studio.vote` every {report['pace_s']:g} s.{note}\n\n"
+            "| figure | value |\n|---|---|\n"
+            f"| labels (of them A/B) | {report['labels']} ({report['gate_labels']}) |\n"
+            f"| rounds started / promoted / rejected | {report['rounds_started']} / {report['rounds_promoted']} / "
+            f"{report['rounds_rejected']} |\n"
+            f"| served version | {report['served_version']} |\n"
+            f"| oracle win rate, served over base (n={report['served_win_rate_n']}, ties half; 90% interval) | "
+            f"{report['served_win_rate']:.3f} ({lo:.2f}–{hi:.2f}) |\n"
+            f"| prompt fidelity base -> served | {100 * report['fidelity_base']:.1f}% -> "
+            f"{100 * report['fidelity_served']:.1f}% ({report['fidelity_change_points']:+.1f} points) |\n"
+            + (f"| reward model: own cross-validated accuracy (n={report.get('rm_accuracy_n')}) | "
+               f"{report.get('rm_accuracy') or 0:.3f} |\n"
+               f"| reward model: accuracy on held-out prompts (n={report.get('rm_accuracy_heldout_prompts_n')}, "
+               f"oracle ties excluded) | {report.get('rm_accuracy_heldout_prompts') or 0:.3f} |\n" if rm else "")
+            + (f"| next pair after a vote, p50 / p95 (in-process) | {report['next_pair_ms_p50']:.1f} / "
+               f"{report['next_pair_ms_p95']:.1f} ms |\n" if report.get("next_pair_ms_p50") is not None else "")
+            + (f"| wall clock | {report['wall_s'] / 60:.1f} min |\n" if report.get("wall_s") else "")
+            + "\nRounds: " + "; ".join(report["round_verdicts"] or ["none"]))
+
+
+LEARNABLE = {"warm_colours", "big_centred", "noisy_warm_colours", "noisy_big_centred"}
+TARGET = {100: 0.80, 300: 0.90}  # the learnable tastes' served win rate at this many labels
+
+
+def table(reports: list[dict]) -> str:
+    """One row per (rater, labels) report, checked against the targets: never worse (the 90% interval of the
+    win rate reaches 0.5 and fidelity is within 2 points) and, for learnable tastes, the win-rate target."""
+    rows = ["| rater | labels (A/B) | rounds started / promoted / rejected | served | win rate (90% interval), n "
+            "| fidelity change | reward model CV accuracy (n) | never worse | target |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(reports, key=lambda r: (r["oracle"], r["labels"])):
+        lo, hi = r["served_win_rate_interval90"]
+        never_worse = hi >= 0.5 and r["fidelity_change_points"] >= -2.0
+        goal = TARGET.get(r["labels"]) if r["oracle"] in LEARNABLE else None
+        met = "–" if goal is None else f"{'met' if r['served_win_rate'] >= goal else 'missed'} (>= {goal:.2f})"
+        rm = (f"{r['rm_accuracy']:.3f} ({r['rm_accuracy_n']})" if r.get("rm_accuracy") is not None else "none")
+        rows.append(f"| {r['oracle']} | {r['labels']} ({r['gate_labels']}) | {r['rounds_started']} / "
+                    f"{r['rounds_promoted']} / {r['rounds_rejected']} | {r['served_version']} | "
+                    f"{r['served_win_rate']:.3f} ({lo:.2f}–{hi:.2f}), {r['served_win_rate_n']} | "
+                    f"{r['fidelity_change_points']:+.1f} | {rm} | {'yes' if never_worse else '**no**'} | {met} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--oracle", required=True, help="rater: file.py:function, module:function or a shipped name")
+    ap.add_argument("--table", nargs="+", metavar="REPORT", default=None,
+                    help="write the summary table of these report-N.json files (from --work-dir) and stop")
+    ap.add_argument("--oracle", help="rater: file.py:function, module:function or a shipped name")
     ap.add_argument("--labels", type=int, default=100, help="labels in all, A/B votes included")
     ap.add_argument("--pace", type=float, default=2.0, help="seconds between labels")
     ap.add_argument("--minutes", type=float, default=30.0, help="stop after this long in any case")
+    ap.add_argument("--report-at", type=int, nargs="*", default=[],
+                    help="also report what a run stopped after this many labels serves (e.g. 100 of 300)")
     ap.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts, 2 seeds each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-dir", default=None, help="the studio's data directory (default: temp)")
     ap.add_argument("--quick", action="store_true", help="a minute: 20 labels at pace 0, short rounds; no RESULTS")
     args = ap.parse_args()
+    if args.table:
+        reports = [json.loads(Path(f).read_text()) for f in args.table]
+        print(update_section("Live loop (studio): every shipped rater", table(reports), results_path(args.quick)))
+        return
+    if not args.oracle:
+        ap.error("--oracle is required")
     oracle = load_rater(args.oracle)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="live-loop-"))
     overrides = dict(auto_round_every=10, round_epochs=2, round_prompts=2, compare_prompts=2) if args.quick else {}
@@ -119,56 +191,47 @@ def main() -> None:
     t0 = time.time()
     log = lambda msg: print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)  # noqa: E731
     studio = Studio(settings)
+    labels = 20 if args.quick else args.labels
+    pace = 0.0 if args.quick else args.pace
+    n_eval = 2 if args.quick else args.eval_prompts
+    reports = []
     try:
-        labels = 20 if args.quick else args.labels
-        pace = 0.0 if args.quick else args.pace
-        voted = rate(studio, oracle, labels, pace, t0 + 60 * args.minutes, log)
-        wall = time.time() - t0
-        log(f"rating done: {voted}")
+        voted = rate(studio, oracle, labels, pace, t0 + 60 * args.minutes, log,
+                     report_at={n for n in args.report_at if 0 < n < labels})
+        log(f"rating done: {voted['labels']} labels ({voted['gate_labels']} A/B)")
         studio.rounds.cancel()
-        rounds = [r for r in studio.store.rounds() if r["status"] in ("running", "done", "failed", "cancelled")]
         report = {"oracle": args.oracle, "labels": voted["labels"], "pace_s": pace, "gate_labels": voted["gate_labels"],
-                  "rounds_started": len(rounds),
-                  "rounds_promoted": sum(r.get("verdict") == "promoted" for r in rounds),
-                  "rounds_rejected": sum(r.get("verdict") == "rejected" for r in rounds),
-                  "round_verdicts": [f"round-{r['id']}: {r['status']}/{r.get('verdict')}: {r.get('verdict_reason')}"
-                                     for r in rounds],
-                  "auto_note": studio.auto_note, "wall_s": wall,
+                  **round_counts(studio), "auto_note": studio.auto_note, "wall_s": time.time() - t0,
                   "next_pair_ms_p50": voted["next_pair_ms_p50"], "next_pair_ms_p95": voted["next_pair_ms_p95"]}
         rm = studio.rounds.reward_model
-        if rm is not None:
-            report.update(rm_accuracy=rm.metrics.get("accuracy"), rm_accuracy_n=rm.metrics.get("accuracy_n"),
-                          rm_accuracy_ci=rm.metrics.get("accuracy_ci"))
-        report.update(evaluate(studio, oracle, 2 if args.quick else args.eval_prompts, args.seed))
+        report.update(rm_info(rm))
+        report.update(evaluate(studio, oracle, n_eval, args.seed, rm))
+        reports.append((report, ""))
+        for n, snap in sorted(voted["at"].items()):  # serve what was served then (a rollback), and measure it
+            if snap["served_version"] != studio.generator.version:
+                studio.activate(snap["served_version"], by="bench")
+            early = {"oracle": args.oracle, "pace_s": pace, **{k: v for k, v in snap.items() if k != "reward_model"},
+                     **rm_info(snap["reward_model"]), **evaluate(studio, oracle, n_eval, args.seed, snap["reward_model"])}
+            reports.append((early, f" Measured inside the {voted['labels']}-label run when label {n} was spent: "
+                                   "what a run stopped there serves (a round still training then could not be "
+                                   "promoted without more votes)."))
     finally:
         studio.close()
-    report = {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
-    print(json.dumps(report, indent=1))
     name = (Path(args.oracle.split(":")[0]).stem + ":" + args.oracle.split(":")[-1]) if ":" in args.oracle else args.oracle
-    lo, hi = report["served_win_rate_interval90"]
-    md = (f"`studio.runtime.Studio` with the app's defaults (auto round every {settings.auto_round_every} labels, "
-          f"{settings.round_epochs} epochs, guard {settings.alignment_guard:g}, A/B share {settings.ab_fraction:g}); "
-          f"oracle `{args.oracle}` votes through `Studio.next_pair`/`Studio.vote` every {pace:g} s.\n\n"
-          "| figure | value |\n|---|---|\n"
-          f"| labels (of them A/B) | {report['labels']} ({report['gate_labels']}) |\n"
-          f"| rounds started / promoted / rejected | {report['rounds_started']} / {report['rounds_promoted']} / "
-          f"{report['rounds_rejected']} |\n"
-          f"| served version | {report['served_version']} |\n"
-          f"| oracle win rate, served over base (n={report['served_win_rate_n']}, ties half; 90% interval) | "
-          f"{report['served_win_rate']:.3f} ({lo:.2f}–{hi:.2f}) |\n"
-          f"| prompt fidelity base -> served | {100 * report['fidelity_base']:.1f}% -> "
-          f"{100 * report['fidelity_served']:.1f}% ({report['fidelity_change_points']:+.1f} points) |\n"
-          + (f"| reward model: own held-out accuracy (n={report.get('rm_accuracy_n')}) | "
-             f"{report.get('rm_accuracy') or 0:.3f} |\n"
-             f"| reward model: accuracy on held-out prompts (n={report.get('rm_accuracy_heldout_prompts_n')}, "
-             f"oracle ties excluded) | {report.get('rm_accuracy_heldout_prompts') or 0:.3f} |\n" if rm is not None else "")
-          + f"| next pair after a vote, p50 / p95 (in-process) | {report['next_pair_ms_p50']:.1f} / "
-          f"{report['next_pair_ms_p95']:.1f} ms |\n| wall clock | {report['wall_s'] / 60:.1f} min |\n\n"
-          "Rounds: " + "; ".join(report["round_verdicts"] or ["none"]))
-    path = update_section(f"Live loop (studio): {name}, {report['labels']} labels, pace {pace:g} s", md,
-                          results_path(args.quick))
-    print(f"wrote {path}")
-    print(json.dumps(report))
+    for report, note in reports[::-1]:
+        report = {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
+        (work / f"report-{report['labels']}.json").write_text(json.dumps(report, indent=1))
+        path = update_section(f"Live loop (studio): {name}, {report['labels']} labels, pace {pace:g} s",
+                              section(report, settings, args.oracle, note), results_path(args.quick))
+        print(f"wrote {path}")
+        print(json.dumps(report))  # the last line is the full run's report
+
+
+def rm_info(rm) -> dict:
+    if rm is None:
+        return {}
+    return {"rm_accuracy": rm.metrics.get("accuracy"), "rm_accuracy_n": rm.metrics.get("accuracy_n"),
+            "rm_accuracy_ci": rm.metrics.get("accuracy_ci")}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -21,6 +22,8 @@ import numpy as np
 
 from . import checks
 from .settings import StudioSettings
+
+GUARD_PAIRS = 64  # rated pairs on which the alignment guard is scaled to the reward model (relative weight)
 
 
 class RoundRunner:
@@ -124,26 +127,35 @@ class RoundRunner:
                 num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
                 prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16,
                 train_batch_size=min(16, s.round_prompts * 4),
-                eval_every=max(1, s.round_epochs // 4), eval_prompts=16, output_dir=str(out), seed=rid,
+                eval_every=max(1, s.round_epochs // 6), eval_prompts=32, output_dir=str(out), seed=rid,
                 init_lora=init if init and Path(init).exists() else None, device=s.device, checkpoint_every=2,
                 mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no",
                 kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr))  # a resumed round keeps the settings it started with
             self._set(epochs=cfg.epochs)
             scorer = with_alignment_guard(
                 lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
-                rm.clip, s.alignment_guard)
+                rm.clip, s.alignment_guard, pairs=self._recent_pairs())
             trainer = RLCMTrainer(cfg, reward_fn=scorer, callbacks=[self._on_event])
-            trainer.train(stop=self.cancel_event)
+            keeper = FidelityKeeper(trainer, out / "lora-kept")
+            trainer.callbacks.append(keeper)
+            trainer.train(stop=_Either(self.cancel_event, keeper.halt))
             if self.cancel_event.is_set():
                 self.store.update_round(rid, status="cancelled")
                 self._set(state="cancelled")
                 return
             ev = [r for r in trainer.history if "eval_reward_mean" in r]
-            result = {"reward_model": rm_metrics, "epochs": trainer.epoch, "train_seconds": trainer.train_seconds,
+            handed = ev[-1] if ev else {}
+            if keeper.kept is not None and keeper.kept["epoch"] < trainer.epoch:  # later epochs lost fidelity
+                handed = next(r for r in ev if r["epoch"] == keeper.kept["epoch"])
+                shutil.rmtree(out / "lora")
+                shutil.copytree(out / "lora-kept", out / "lora", ignore=shutil.ignore_patterns(FidelityKeeper.NOTE))
+            result = {"reward_model": rm_metrics, "guard_weight": getattr(scorer, "guard_weight", 0.0),
+                      "epochs": trainer.epoch, "epoch_served": handed.get("epoch", trainer.epoch),
+                      "train_seconds": trainer.train_seconds,
                       "reward_before": ev[0]["eval_reward_mean"] if ev else None,
-                      "reward_after": ev[-1]["eval_reward_mean"] if ev else None}
+                      "reward_after": handed.get("eval_reward_mean")}
             if ev and "eval_fidelity" in ev[0]:
-                result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=ev[-1]["eval_fidelity"])
+                result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=handed["eval_fidelity"])
             self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result)
             self._set(state="checking", result=result)
             verdict, reason = self.on_done(rid, out / "lora", checks.reject_reason(trainer.history, out / "lora", result))
@@ -151,6 +163,12 @@ class RoundRunner:
         except Exception as e:  # the round fails; the served model and the database stay as they were
             self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
             self._set(state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
+
+    def _recent_pairs(self, n: int = GUARD_PAIRS) -> list:
+        """The last `n` rated pairs as (image_a, image_b, prompt): where the guard's weight is measured."""
+        rows = self.store.comparisons()[-n:]
+        return [(self.store.load_image(r["sample_a"]), self.store.load_image(r["sample_b"]), r["prompt"])
+                for r in rows]
 
     def _on_event(self, e: dict) -> None:
         if e["type"] == "epoch":
@@ -161,6 +179,50 @@ class RoundRunner:
                     {k: e[k] for k in ("epoch", "reward_mean", "eval_reward_mean", "eval_fidelity") if k in e}]
         elif e["type"] == "resumed":
             self._set(epoch=e["epoch"], resumed_at_epoch=e["epoch"])
+
+
+class FidelityKeeper:
+    """Trainer callback: keeps the round's latest evaluated epoch whose toy prompt fidelity is within
+    checks.KEEP_FIDELITY_DROP points of epoch 0's (same held-out prompts and seeds), and sets `halt` once it
+    fell past checks.MAX_FIDELITY_DROP: a weak reward model is exploited more with every epoch, so a round
+    hands over its best safe epoch instead of being thrown away. Without a fidelity score (real models) it
+    keeps nothing and the last epoch is handed over."""
+
+    NOTE = "kept.json"
+
+    def __init__(self, trainer, directory: Path):
+        self.trainer, self.directory = trainer, Path(directory)
+        self.halt = threading.Event()
+        note = self.directory / self.NOTE  # a resumed round remembers what it kept
+        self.kept = json.loads(note.read_text()) if note.is_file() else None
+
+    def __call__(self, e: dict) -> None:
+        if e["type"] != "epoch" or "eval_fidelity" not in e or e["epoch"] == 0:
+            return
+        start = next((r["eval_fidelity"] for r in self.trainer.history if r["epoch"] == 0), None)
+        if start is None:
+            return
+        drop = 100 * (start - e["eval_fidelity"])
+        if drop <= checks.KEEP_FIDELITY_DROP:
+            tmp = self.directory.with_name(self.directory.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.trainer.save_lora(tmp)
+            self.kept = {"epoch": e["epoch"], "eval_fidelity": e["eval_fidelity"]}
+            (tmp / self.NOTE).write_text(json.dumps(self.kept))
+            shutil.rmtree(self.directory, ignore_errors=True)
+            os.replace(tmp, self.directory)
+        elif drop > checks.MAX_FIDELITY_DROP:
+            self.halt.set()
+
+
+class _Either:
+    """is_set() of either event (the trainer's `stop`)."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 
 RM_KEYS = ("accuracy", "accuracy_ci", "accuracy_n", "n_test", "better_than_chance", "log_loss", "n_pairs", "n_raters")

@@ -495,8 +495,9 @@ class Studio:
         rec = gate.record(self.store.comparisons(between=(version, BASE)), version, BASE)
         rm = self.rounds.reward_model
         s = self.settings
+        guard = (row.get("metrics") or {}).get("guard_weight")  # the absolute weight the round trained with
         reward = (f"preference reward model {row.get('reward_model_version') or (rm.version if rm else '?')}"
-                  + (f" + {s.alignment_guard:g} x CLIP prompt alignment" if s.alignment_guard else ""))
+                  + (f" + {guard:.3g} x CLIP prompt alignment (x100)" if guard else ""))
         from rlcm.paths import toy_model_name
 
         base = toy_model_name(s.model) or s.model

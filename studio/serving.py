@@ -230,6 +230,9 @@ class PairQueue:
             self.store.prune_unrated(self.keep_unrated, keep=queued | set(self.shown))
 
     def _run(self) -> None:
+        # One intra-op thread here (torch's setting is per OS thread): pairs are made ahead of need, and a round
+        # training beside them keeps its threads; two 2-thread pools on 2 cores slow both down.
+        torch.set_num_threads(1)
         while not self._stop.is_set():
             if self.q.full():
                 self._wake.wait(timeout=1.0)

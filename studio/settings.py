@@ -97,17 +97,19 @@ class StudioSettings:
     prompt_set: str = "toy"  # RLCM_PROMPTS: toy | simple_animals | imagenet_animals | a file
     steps: int = 4  # RLCM_STEPS: LCM inference steps
     guidance: float = 8.0  # RLCM_GUIDANCE
-    round_epochs: int = 16  # RLCM_ROUND_EPOCHS: RLCM epochs per fine-tune round
-    # RLCM_ALIGNMENT_GUARD: rounds optimise reward model + this x CLIP prompt score (x100); 0.2 kept prompt
-    # fidelity (+1.0 pts) while the oracle preferred 89% of tuned samples (bench/live_loop.py; 0.05: -8.9 pts)
-    alignment_guard: float = 0.2
+    round_epochs: int = 24  # RLCM_ROUND_EPOCHS: RLCM epochs per fine-tune round (one optimiser step each)
+    # RLCM_ALIGNMENT_GUARD: rounds optimise reward model + w x CLIP prompt score (x100), w chosen so that the
+    # guard's within-pair differences on the last rated pairs are this share of the reward model's
+    # (rlcm.rewards.relative_weight). Toy, warm_colours, 30 labels: an absolute 0.2 outweighed the reward
+    # model 2:1 and the round won 0.51 under the oracle; relative 0.25: 0.65, fidelity +1.0 pts
+    alignment_guard: float = 0.25
     kl_coef: float = 0.0  # RLCM_KL: per-step KL anchor to the base model in rounds (RLCMConfig.kl_coef)
     kl_units: str = "action"  # RLCM_KL_UNITS: action | x0 (RLCMConfig.kl_units)
     round_prompts: int = 8  # prompts per RLCM epoch (x4 images each)
     # RLCM_ROUND_LR: LoRA learning rate of rounds (one AdamW step per epoch). Toy, warm_colours, 30 labels,
     # 12 epochs: 5e-4 left images unchanged to the oracle (win 0.50), 3e-3 won 0.64, 1e-2 collapsed fidelity
     round_lr: float = 3e-3
-    auto_round_every: int = 30  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
+    auto_round_every: int = 25  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
     pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists; its least certain pair is shown

@@ -1,15 +1,11 @@
-"""Helpers for the feedback and reward-model tests: renders, filled stores, labelled pairs.
-
-The `clip` and `clip_dir` fixtures live in `tests/conftest.py`; they are re-exported here for modules that still
-import them from this one.
-"""
+"""Helpers (not fixtures: those live in `tests/conftest.py`) for the feedback and reward-model tests: renders,
+filled stores, labelled pairs."""
 
 from __future__ import annotations
 
 import random
 
 from rlcm.toy import world
-from tests.conftest import ROOT, TOY_CLIP, clip, clip_dir, toy_clip_present  # noqa: F401 (re-exported)
 
 
 def render(seed: int):

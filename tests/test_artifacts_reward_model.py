@@ -16,7 +16,8 @@ import reward_model as rm
 from feedback.raters import warm_colours
 from reward_model.export import FILES
 from rlcm.clip import load_clip
-from tests.fixtures_rm import labelled_pairs, render, toy_clip_present
+from tests.conftest import toy_clip_present
+from tests.fixtures_rm import labelled_pairs, render
 from tests.hub_fake import FakeHfApi, cache_repo
 
 pytestmark = pytest.mark.skipif(not toy_clip_present(), reason="the shipped toy CLIP is not built")

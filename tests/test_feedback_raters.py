@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw
 from feedback import RATERS, FeedbackStore, load_rater, noisy, simulate
 from feedback.raters import big_centred, follows_prompt, plain_background, warm_colours
 from rlcm.toy import world
-from tests.fixtures_rm import ROOT, fill_store
+from tests.conftest import ROOT
+from tests.fixtures_rm import fill_store
 
 
 def _scene(bg=(0, 0, 255), box=(24, 24, 40, 40), fill=(255, 255, 0), noise=0.0, size=64, seed=0):

@@ -15,7 +15,8 @@ import pytest
 
 from feedback import FeedbackStore
 from feedback.pairs import PairPolicy, pair_key
-from tests.fixtures_rm import ROOT, fill_store, render
+from tests.conftest import ROOT
+from tests.fixtures_rm import fill_store, render
 
 
 @pytest.fixture

@@ -200,3 +200,39 @@ def test_the_served_lora_exports_for_diffusers_and_pushes_to_its_repos(studio, t
     assert api.repos["me/lora"]["repo_type"] in (None, "model") and api.repos["me/prefs"]["repo_type"] == "dataset"
     with pytest.raises(ValueError, match="valid"):
         studio.push("everything", "me/x", api=api)
+
+
+def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
+    """A reward that pays for darkness wrecks the toy's prompt fidelity within a few epochs at this step size:
+    the keeper holds the LoRA of the latest evaluated epoch within KEEP_FIDELITY_DROP points of epoch 0, and
+    halts the round once fidelity fell past MAX_FIDELITY_DROP."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file
+
+    from rlcm.lora import lora_state
+    from rlcm.trainer import RLCMConfig, RLCMTrainer
+    from studio import checks
+    from studio.rounds import FidelityKeeper
+
+    cfg = RLCMConfig(model=str(MODELS / "toy-lcm"), prompt_set="toy", epochs=8, prompts_per_epoch=2,
+                     images_per_prompt=4, sample_batch_size=8, train_batch_size=8, eval_every=1, eval_prompts=8,
+                     lr=0.01, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3)
+    dark = lambda images, prompts: -np.array([np.asarray(im, np.float32).mean() for im in images])  # noqa: E731
+    trainer = RLCMTrainer(cfg, reward_fn=dark)
+    states = {}
+    trainer.callbacks.append(lambda e: e["type"] == "epoch" and states.__setitem__(
+        e["epoch"], {k: v.detach().clone() for k, v in lora_state(trainer.unet).items()}))
+    keeper = FidelityKeeper(trainer, tmp_path / "kept")
+    trainer.callbacks.append(keeper)
+    trainer.train(stop=keeper.halt)
+    fid = {r["epoch"]: 100 * r["eval_fidelity"] for r in trainer.history if "eval_fidelity" in r}
+    drops = {e: fid[0] - f for e, f in fid.items() if e > 0}
+    assert max(drops.values()) > checks.KEEP_FIDELITY_DROP, fid  # fidelity did fall: the keeper had work to do
+    safe = [e for e, d in drops.items() if d <= checks.KEEP_FIDELITY_DROP]
+    assert safe and keeper.kept["epoch"] == max(safe) < trainer.epoch, fid
+    kept = load_file(tmp_path / "kept" / "pytorch_lora_weights.safetensors")
+    kept = {k.removeprefix("unet."): v for k, v in kept.items()}
+    want = convert_state_dict_to_diffusers(states[keeper.kept["epoch"]])
+    assert kept.keys() == want.keys() and all(torch.equal(kept[k], want[k].float()) for k in kept)
+    if max(drops.values()) > checks.MAX_FIDELITY_DROP:  # halted: no epoch ran past the collapse
+        assert trainer.epoch == min(e for e, d in drops.items() if d > checks.MAX_FIDELITY_DROP)

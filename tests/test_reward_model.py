@@ -16,7 +16,8 @@ from feedback import FeedbackStore, simulate
 from feedback.raters import warm_colours
 from feedback.pairs import PairPolicy, pair_key
 from reward_model.__main__ import main as cli
-from tests.fixtures_rm import clip, clip_dir, fill_store, labelled_pairs, render, toy_clip_present  # noqa: F401
+from tests.conftest import toy_clip_present
+from tests.fixtures_rm import fill_store, labelled_pairs, render
 
 FAST = rm.FitConfig(ensemble_size=3, scales=("pairs",), l2=(0.1,))  # 7 candidate priors instead of 63
 

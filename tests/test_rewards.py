@@ -98,6 +98,29 @@ def test_alignment_guard_adds_the_clip_score(toy_clip_path):
     assert with_alignment_guard(base, clip, 0.0) is base
 
 
+def test_a_relative_guard_is_scaled_to_the_rewards_within_pair_spread(toy_clip_path):
+    """With rated pairs, the guard's weight makes its mean |difference| within a pair `weight` x the reward's:
+    the round's per-prompt advantages see the two terms in that ratio, whatever the reward's own scale."""
+    from rlcm.clip import load_clip
+    from rlcm.rewards import with_alignment_guard
+
+    clip = load_clip(toy_clip_path)
+    rng = np.random.default_rng(0)
+    scenes = [world.sample_scene(int(s), two_object_prob=0.0) for s in rng.integers(0, 10**6, 8)]
+    pairs = [(world.render(scenes[i]), world.render(scenes[i + 1]), world.caption(scenes[i])) for i in (0, 2, 4, 6)]
+    images = [im for a, b, _ in pairs for im in (a, b)]
+    prompts = [p for *_, p in pairs for _ in (0, 1)]
+    clip_diff = np.abs(np.diff(100 * clip.score(images, prompts).numpy().reshape(-1, 2), axis=1)).mean()
+    for scale in (0.01, 7.0):  # a small and a large reward scale get the same ratio
+        reward = lambda ims, ps, scale=scale: scale * np.array([np.asarray(im, np.float32).mean() for im in ims])
+        own_diff = np.abs(np.diff(reward(images, prompts).reshape(-1, 2), axis=1)).mean()
+        guarded = with_alignment_guard(reward, clip, 0.25, pairs=pairs)
+        assert np.isclose(guarded.guard_weight * clip_diff, 0.25 * own_diff, rtol=1e-4)
+        total = guarded(images, prompts)
+        assert np.allclose(total, reward(images, prompts) + guarded.guard_weight * 100 * clip.score(images, prompts).numpy(),
+                           rtol=1e-4, atol=1e-4)
+
+
 def test_rlcm_never_imports_the_layers_above_it():
     """`rlcm` is the bottom layer: learned rewards come in as functions. Only its CLI (`__main__`) wires layers."""
     import ast

@@ -55,8 +55,6 @@ def test_swaps_never_land_mid_generation(tmp_path):
     assert not errors and len(seen) == 10  # every image is exactly the version it claims
 
 
-from tests.fixtures_rm import clip, clip_dir  # noqa: E402,F401
-
 
 def test_queue_shows_the_pair_the_reward_model_is_least_sure_about(tmp_path, clip):  # noqa: F811
     """With a fitted reward model, each queued pair is the most uncertain of its candidates (checked against

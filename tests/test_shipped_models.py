@@ -1,12 +1,10 @@
 """The embedded toy models load offline and generate deterministically; the toy CLIP embeds and ranks captions."""
 
-import subprocess
-import sys
-
 import numpy as np
 import torch
 from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
 
+from rlcm.__main__ import main as cli
 from rlcm.toy import world
 
 
@@ -49,8 +47,7 @@ def test_sample_cli_same_seed_same_image(toy_lcm_path, tmp_path):
     outs = []
     for name in ("a.png", "b.png"):
         out = tmp_path / name
-        subprocess.run([sys.executable, "-m", "rlcm", "sample", "--model", str(toy_lcm_path), "--prompt",
-                        "a small yellow star on a plain purple background", "--steps", "4", "--seed", "0",
-                        "--out", str(out)], check=True, capture_output=True)
+        cli(["sample", "--model", str(toy_lcm_path), "--prompt", "a small yellow star on a plain purple background",
+             "--steps", "4", "--seed", "0", "--out", str(out)])
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]

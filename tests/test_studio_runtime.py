@@ -7,6 +7,8 @@ import uuid
 import numpy as np
 import pytest
 
+from studio.settings import StudioSettings
+
 from .conftest import MODELS
 from .studio_fixtures import PASSWORD
 
@@ -91,7 +93,8 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     label(studio, 12)
     with pytest.raises(ValueError, match="alignment_guard"):
         studio.update_settings(4, 8.0, 2, 0, alignment_guard=-1.0)
-    assert studio.settings.alignment_guard == 0.2 and studio.settings.round_epochs == 2  # nothing changed
+    assert studio.settings.alignment_guard == StudioSettings.alignment_guard  # nothing changed
+    assert studio.settings.round_epochs == 2
     assert studio.update_settings(4, 8.0, 2, 0, alignment_guard=0.05, kl_coef=0.01)["kl_coef"] == 0.01
     studio.settings.kl_units = "x0"
     studio.start_round("admin", force=True)  # the round runs with the guard and the KL anchor
@@ -103,6 +106,7 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     log = (tmp_path / "rounds" / "1" / "log.jsonl").read_text()
     assert '"kl_to_base"' in log
     assert json.loads((tmp_path / "rounds" / "1" / "config.json").read_text())["kl_units"] == "x0"
+    assert studio.store.get_round(1)["metrics"]["guard_weight"] > 0  # relative 0.05, scaled on the rated pairs
     version, rm_version = studio.generator.version, studio.rounds.reward_model.version
     served = np.asarray(studio.generator.generate(["a blue star"], [9])[0][0])
     counts = studio.store.counts()

@@ -16,7 +16,7 @@ def test_teacher_continues_from_a_saved_pipeline(toy_teacher_path, tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     shutil.copytree(toy_teacher_path / "vae", work / "vae")
     cfg = BuildConfig(out=out, work=work, n_scenes=64, teacher_batch=4, teacher_steps=1002, eval_every=10**9,
-                      teacher_init=toy_teacher_path, teacher_init_step=1000)
+                      eval_prompts=2, teacher_init=toy_teacher_path, teacher_init_step=1000)
     stage_data(cfg)
     stage_latents(cfg)
     stage_teacher(cfg)  # two optimiser steps from the shipped weights, then its held-out eval and save

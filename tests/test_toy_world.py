@@ -54,13 +54,13 @@ def test_held_out_combinations_never_appear_in_training():
         assert not any(world.is_held_out(o.color, o.shape, sc.bg_color) for o in sc.objects)
 
 
-def test_check_cli(tmp_path):
-    import subprocess
-    import sys
+def test_check_cli(tmp_path, capsys):
+    from rlcm.toy.__main__ import main
 
     out = tmp_path / "s.png"
-    cap = subprocess.run([sys.executable, "-m", "rlcm.toy", "render", "--seed", "4", "--out", str(out)],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    ok = subprocess.run([sys.executable, "-m", "rlcm.toy", "check", "--image", str(out), "--prompt", cap],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0 and '"all_correct": true' in ok.stdout
+    assert main(["render", "--seed", "4", "--out", str(out)]) == 0
+    cap = capsys.readouterr().out.strip()
+    assert main(["check", "--image", str(out), "--prompt", cap]) == 0
+    assert '"all_correct": true' in capsys.readouterr().out
+    wrong = cap.replace("background", "backdrop")
+    assert main(["check", "--image", str(tmp_path / "missing.png"), "--prompt", wrong]) == 2

@@ -66,6 +66,7 @@ class BuildConfig:
     clip_steps: int = 3_000
     clip_batch: int = 128
     eval_every: int = 1_000
+    eval_prompts: int = 64  # held-out prompts of the teacher's and the LCM's progress evaluations
     card_prompts: int = 256  # held-out prompts of the model card's evaluation (x2 seeds)
     ckpt_every: int = 250
 
@@ -319,7 +320,7 @@ def stage_teacher(cfg: BuildConfig) -> None:
         _load_teacher_weights(cfg.teacher_init, unet, te)
         step = cfg.teacher_init_step
         log(f"teacher starts from {cfg.teacher_init} at step {step}")
-    eval_prompts = world.prompts("heldout", 64, seed=1)
+    eval_prompts = world.prompts("heldout", cfg.eval_prompts, seed=1)
 
     def lr(step: int) -> float:
         base = lr_at(step, cfg.teacher_steps, cfg.teacher_lr)
@@ -388,7 +389,7 @@ def stage_lcd(cfg: BuildConfig) -> None:
     from diffusers import LatentConsistencyModelPipeline
 
     w_embed = LatentConsistencyModelPipeline.get_guidance_scale_embedding
-    eval_prompts = world.prompts("heldout", 64, seed=1)
+    eval_prompts = world.prompts("heldout", cfg.eval_prompts, seed=1)
     empty = torch.from_numpy(data["ids_empty"]).long()
 
     def x0_eps(model_out, x, t):

@@ -25,7 +25,7 @@ def build(studio, password: gr.Textbox, admin) -> None:
     epochs = gr.Slider(1, 200, value=s.round_epochs, step=1, label="RLCM epochs per round")
     auto = gr.Number(value=s.auto_round_every, precision=0, label="auto: start a round every N new ratings (0 = off)")
     guard = gr.Number(value=s.alignment_guard, minimum=0,
-                      label="alignment guard: reward + this x CLIP prompt score (0 = off)")
+                      label="alignment guard: CLIP prompt score's pull, as a share of the reward model's (0 = off)")
     kl = gr.Number(value=s.kl_coef, minimum=0, label="KL anchor to the base model (0 = off)")
     ab = gr.Slider(0, 1, value=s.ab_fraction, step=0.05,
                    label="share of pairs that show a candidate on trial against the served version")
