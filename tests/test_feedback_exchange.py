@@ -16,7 +16,8 @@ from PIL import Image
 from feedback import FeedbackStore
 from feedback.__main__ import main as cli
 from feedback.parquet import SCHEMA, user_number
-from tests.fixtures_rm import ROOT, fill_store
+from tests.conftest import ROOT
+from tests.fixtures_rm import fill_store
 
 
 def _labelled_store(path, n=8):
