@@ -151,7 +151,7 @@ def main() -> None:
            for res, lp in checks]
     md = "\n".join(md)
     print("\n" + md)
-    path = update_section("Real architecture on a GPU", md, results_path(args.quick or smoke))
+    path = update_section(f"Real architecture on a GPU: {gpu}", md, results_path(args.quick or smoke))  # one per card
     print(f"\nwrote {path}")
 
 
