@@ -60,10 +60,12 @@ def accuracy_text(m: dict) -> str | None:
     acc = m.get("accuracy")
     if not isinstance(acc, (int, float)):
         return None
-    n, ci = m.get("n_test"), m.get("accuracy_ci")
+    n, ci = m.get("accuracy_n", m.get("n_test")), m.get("accuracy_ci")  # the pairs the accuracy is over (ties out)
     parts = [f"95% Wilson interval {ci[0]:.3f}–{ci[1]:.3f}"] if isinstance(ci, (list, tuple)) and len(ci) == 2 else []
     if n:
         parts.append(f"n = {n} held-out pairs")
+    if m.get("accuracy_method"):
+        parts.append(m["accuracy_method"])
     text = f"{acc:.3f}" + (f" ({', '.join(parts)})" if parts else "")
     if m.get("better_than_chance") is False:
         text += " — not better than chance"
@@ -86,7 +88,8 @@ def model_card(config: ModelConfig, metrics: dict) -> str:
     if acc is not None:
         evals = [EvalResult(task_type="reward-modeling", task_name="pairwise preference", dataset_split="test",
                             dataset_type=info.datasets[0] if info.datasets else "rlcm-studio-preferences",
-                            dataset_name="held-out pairs (split by pair)", metric_type="accuracy",
+                            dataset_name=f"held-out pairs ({m.get('accuracy_method') or 'split by pair'})",
+                            metric_type="accuracy",
                             metric_value=round(float(m["accuracy"]), 4), metric_name=f"pairwise accuracy {acc}")]
     data = ModelCardData(license=info.license, base_model=base, datasets=info.datasets or None,
                          library_name="rlcm-studio", tags=["reward-model", "rlcm", "preference-learning"],

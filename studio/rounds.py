@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checks
-from .settings import StudioSettings
+from .settings import StudioSettings, write_json
 
 GUARD_PAIRS = 64  # rated pairs on which the alignment guard is scaled to the reward model (relative weight)
 
@@ -94,7 +94,7 @@ class RoundRunner:
         out = self.settings.data_dir / "reward_models" / rm.version
         directory, zip_path = reward_model.export(rm, out, metrics)
         self.reward_model = rm
-        _write_json(self.settings.data_dir / "reward_model.json", {"version": rm.version})
+        write_json(self.settings.data_dir / "reward_model.json", {"version": rm.version})
         return rm, metrics, directory, zip_path
 
     def _run(self, rid: int) -> None:
@@ -234,8 +234,3 @@ def _settings_dict(s: StudioSettings) -> dict:
     d["data_dir"] = str(d["data_dir"])
     return d
 
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)

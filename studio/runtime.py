@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 from feedback import backup, identity
+from feedback.checks import check_prompt
 from feedback.store import FeedbackStore
 from rlcm.prompts import get_prompts
 
 from . import checks, gate, views
-from .rounds import RoundRunner, _write_json
+from .rounds import RoundRunner
 from .serving import BASE, PairQueue, ServedGenerator
-from .settings import StudioSettings
-
-MAX_PROMPT = 300
+from .settings import StudioSettings, write_json
 
 
 class Studio:
@@ -60,6 +59,7 @@ class Studio:
         self._stop = threading.Event()
         self._gate_lock = threading.Lock()
         self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
+        self._compare_scores: dict[tuple, dict] = {}  # (version, reward model, image mtimes) -> reward, fidelity
         self._restore_active()
         self._restore_candidate()
         self._restore_reward_model()
@@ -165,11 +165,7 @@ class Studio:
 
     def generate(self, prompt: str, seed: int) -> dict:
         """One image from the served model for `prompt` and `seed`, stored as a sample; checked before any work."""
-        prompt = (prompt or "").strip()
-        if not prompt:
-            raise ValueError("empty prompt")
-        if len(prompt) > MAX_PROMPT:
-            raise ValueError(f"prompt too long (at most {MAX_PROMPT} characters)")
+        prompt = check_prompt(prompt)  # the store's own rule for prompts
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError("seed must be an integer from 0 to 2**63 - 1")
         images, v = self.generator.generate([prompt], [seed])
@@ -226,7 +222,7 @@ class Studio:
             if row.get("verdict") != "promoted":
                 self.store.update_round(rid, verdict="promoted", verdict_reason=f"promoted by {by}")
             self.generator.activate(version, row["lora_path"])
-        _write_json(self.settings.data_dir / "active.json", {"version": version})
+        write_json(self.settings.data_dir / "active.json", {"version": version})
         self.queue.flush()
         return version
 
@@ -418,15 +414,22 @@ class Studio:
             if not d.exists():
                 continue
             paths = sorted(d.glob("*.png"))
-            images = [Image.open(p).convert("RGB") for p in paths]
             row = {"version": version, "images": [str(p) for p in paths], "prompts": self.compare_prompts}
-            if rm is not None:
-                row["reward"] = float(rm.score(images, self.compare_prompts[: len(images)]).mean())
-            if self.settings.prompt_set == "toy":
-                from rlcm.toy.checker import fidelity
+            # scored once per (images, reward model): the Compare tab and the leaderboard refresh on a timer
+            key = (version, rm.version if rm is not None else None, tuple(p.stat().st_mtime_ns for p in paths))
+            if key not in self._compare_scores:
+                images = [Image.open(p).convert("RGB") for p in paths]
+                scores = {}
+                if rm is not None:
+                    scores["reward"] = float(rm.score(images, self.compare_prompts[: len(images)]).mean())
+                if self.settings.prompt_set == "toy":
+                    from rlcm.toy.checker import fidelity
 
-                row["fidelity"] = fidelity(images, self.compare_prompts[: len(images)])["score"]
-            rows.append(row)
+                    scores["fidelity"] = fidelity(images, self.compare_prompts[: len(images)])["score"]
+                if len(self._compare_scores) > 256:
+                    self._compare_scores.clear()
+                self._compare_scores[key] = scores
+            rows.append({**row, **self._compare_scores[key]})
         return rows
 
     # ------------------------------------------------------------ reward model

@@ -183,7 +183,11 @@ class StudioSettings:
 
     @property
     def on_space(self) -> bool:
-        return bool(os.environ.get("SPACE_ID"))
+        """Running on a Hugging Face Space, as Gradio decides it (SYSTEM=spaces and SPACE_ID): its OAuth
+        login then signs people in for real, and identity comes from it."""
+        from gradio.utils import get_space
+
+        return bool(get_space())
 
     @property
     def max_upload_bytes(self) -> int:
@@ -213,19 +217,8 @@ class StudioSettings:
         return Path(self.data_dir) / SETTINGS_FILE
 
     def save(self) -> Path:
-        """Write the editable values to `data_dir/settings.json` atomically (a unique temporary file, renamed)."""
-        path = self.settings_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{SETTINGS_FILE}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump({"format": 1, "values": self.editable()}, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        """Write the editable values to `data_dir/settings.json` atomically."""
+        return write_json(self.settings_path, {"format": 1, "values": self.editable()})
 
     def load_saved(self, skip: set[str] = frozenset()) -> dict | None:
         """Apply the values saved in `data_dir/settings.json` (except `skip`), validated like `update`.
@@ -244,3 +237,20 @@ class StudioSettings:
         values = {k: v for k, v in doc["values"].items() if k not in skip}
         self.update(**values)
         return values
+
+
+def write_json(path: Path, value: dict) -> Path:
+    """Write `value` to `path` atomically: a unique temporary file beside it, flushed to disk, then renamed, so a
+    reader or a crash sees the old file or the new one (the studio's small state files: settings, served
+    version, reward model)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
