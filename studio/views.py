@@ -97,9 +97,17 @@ def history_rows(rounds: list[dict]) -> list[dict]:
                     "by": (r.get("config") or {}).get("by", ""), "from": (r.get("config") or {}).get("init_version", ""),
                     "reward-model accuracy": accuracy_text(rm) if rm else "–",
                     "reward-model score (held-out)": rew, "prompt fidelity": fid,
-                    "epochs": m.get("epochs", "–"), "train time": duration(m.get("train_seconds")),
+                    "epochs": _epochs(m), "train time": duration(m.get("train_seconds")),
                     "finished": (r.get("finished_at") or "")[:19].replace("T", " ")})
     return out
+
+
+def _epochs(m: dict) -> str:
+    """"16", or "8 of 16 (later epochs lost prompt fidelity)" when the round handed over an earlier epoch."""
+    ran, kept = m.get("epochs"), m.get("epoch_served")
+    if ran is None:
+        return "–"
+    return f"{kept} of {ran} (later epochs lost prompt fidelity)" if kept is not None and kept < ran else str(ran)
 
 
 def leaderboard_rows(rows: list[dict]) -> list[dict]:
