@@ -112,8 +112,8 @@ def round_counts(studio: Studio) -> dict:
     return {"rounds_started": len(rounds),
             "rounds_promoted": sum(r.get("verdict") == "promoted" for r in rounds),
             "rounds_rejected": sum(r.get("verdict") == "rejected" for r in rounds),
-            "round_verdicts": [f"round-{r['id']}: {r['status']}/{r.get('verdict')}: {r.get('verdict_reason')}"
-                               for r in rounds]}
+            "round_verdicts": [f"round-{r['id']}: {r['status']}/{r.get('verdict') or 'no verdict yet'}"
+                               + (f": {r['verdict_reason']}" if r.get("verdict_reason") else "") for r in rounds]}
 
 
 def section(report: dict, settings: StudioSettings, oracle: str, note: str = "") -> str:

@@ -1,0 +1,32 @@
+"""The live-loop summary table checks each run against the issue's targets (never worse; learnable tastes)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))  # as when the script runs: its helpers (results.py) sit beside it
+spec = importlib.util.spec_from_file_location("live_loop", BENCH / "live_loop.py")
+live_loop = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(live_loop)
+
+
+def report(oracle, labels, win, interval, fidelity):
+    return {"oracle": oracle, "labels": labels, "gate_labels": 10, "rounds_started": 2, "rounds_promoted": 1,
+            "rounds_rejected": 1, "served_version": "round-2", "served_win_rate": win, "served_win_rate_n": 64,
+            "served_win_rate_interval90": interval, "fidelity_change_points": fidelity, "rm_accuracy": 0.9,
+            "rm_accuracy_n": 30}
+
+
+def test_table_marks_worse_runs_and_missed_targets():
+    rows = live_loop.table([
+        report("warm_colours", 300, 0.95, [0.9, 0.98], +1.0),  # learnable, target met
+        report("warm_colours", 100, 0.70, [0.6, 0.8], -0.5),  # learnable, below 0.80
+        report("follows_prompt", 300, 0.30, [0.2, 0.45], 0.0),  # worse: its interval stays below 0.5
+        report("plain_background", 100, 0.55, [0.45, 0.65], -3.0),  # worse: fidelity fell 3 points
+    ]).splitlines()[2:]
+    by = {(r.split("|")[1].strip(), r.split("|")[2].split()[0]): r for r in rows}
+    assert by[("warm_colours", "300")].endswith("| yes | met (>= 0.90) |")
+    assert by[("warm_colours", "100")].endswith("| yes | missed (>= 0.80) |")
+    assert by[("follows_prompt", "300")].endswith("| **no** | – |")
+    assert by[("plain_background", "100")].endswith("| **no** | – |")
