@@ -121,24 +121,6 @@ def test_a_relative_guard_is_scaled_to_the_rewards_within_pair_spread(toy_clip_p
                            rtol=1e-4, atol=1e-4)
 
 
-def test_rlcm_never_imports_the_layers_above_it():
-    """`rlcm` is the bottom layer: learned rewards come in as functions. Only its CLI (`__main__`) wires layers."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent / "rlcm"
-    above = {"reward_model", "feedback", "studio", "app", "bench", "tests"}
-    found = []
-    for path in root.rglob("*.py"):
-        if path.name == "__main__.py" and path.parent == root:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            found += [f"{path.relative_to(root.parent)}: {n}" for n in names if n.split(".")[0] in above]
-    assert not found
-
-
 def test_preference_takes_a_loaded_reward_function(clip, tmp_path):
     """`RewardModel.as_reward_fn()` plugs into `preference` (alone or in a sum); a path is refused with the recipe,
     and the CLI's `learned_reward` loads an exported model from its path."""
