@@ -27,7 +27,7 @@ class GateRule:
     confidence: float = 0.95  # posterior probability needed to decide either way
     margin: float = 0.15  # "better" means a win rate above 1/2 + margin is still plausible
     min_votes: int = 6  # no decision on fewer A/B votes
-    max_votes: int = 40  # undecided after this many: rejected as inconclusive
+    max_votes: int = 24  # undecided after this many: rejected as inconclusive
 
     def __post_init__(self):
         if not (0.5 < self.confidence < 1 and 0 < self.margin < 0.5 and 1 <= self.min_votes <= self.max_votes):

@@ -109,16 +109,16 @@ class StudioSettings:
     # RLCM_ROUND_LR: LoRA learning rate of rounds (one AdamW step per epoch). Toy, warm_colours, 30 labels,
     # 12 epochs: 5e-4 left images unchanged to the oracle (win 0.50), 3e-3 won 0.64, 1e-2 collapsed fidelity
     round_lr: float = 3e-3
-    auto_round_every: int = 25  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
+    auto_round_every: int = 20  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
     pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists; its least certain pair is shown
     compare_prompts: int = 8  # fixed prompts of the Compare tab
     # A finished round is a candidate until people's A/B votes promote or reject it (studio.gate.GateRule)
-    ab_fraction: float = 0.5  # RLCM_AB_FRACTION: share of pairs showing a pending candidate against the served version
+    ab_fraction: float = 0.75  # RLCM_AB_FRACTION: share of pairs showing a pending candidate against the served version
     gate_confidence: float = 0.95  # RLCM_GATE_CONFIDENCE: posterior probability needed to promote or reject
     gate_min_votes: int = 6  # A/B votes before any decision
-    gate_max_votes: int = 40  # undecided after this many A/B votes: rejected as inconclusive
+    gate_max_votes: int = 24  # undecided after this many A/B votes: rejected as inconclusive
     max_upload_mb: int = 100  # RLCM_MAX_UPLOAD_MB: largest upload accepted (launch(max_file_size=...))
     keep_unrated: int = 1000  # RLCM_KEEP_UNRATED: generated samples nobody rated kept (oldest deleted first)
     device: str | None = None  # RLCM_DEVICE: None picks cuda when present
