@@ -101,7 +101,7 @@ class StudioSettings:
     # RLCM_ALIGNMENT_GUARD: rounds optimise reward model + w x CLIP prompt score (x100), w chosen so that the
     # guard's within-pair differences on the last rated pairs are this share of the reward model's
     # (rlcm.rewards.relative_weight). Toy, warm_colours, 30 labels: an absolute 0.2 outweighed the reward
-    # model 2:1 and the round won 0.51 under the oracle; relative 0.25: 0.65, fidelity +1.0 pts
+    # model 2:1 and the round won 0.51 under the oracle; relative 0.25: 0.65, fidelity +1.0 pts (RESULTS, Round probe)
     alignment_guard: float = 0.25
     kl_coef: float = 0.0  # RLCM_KL: per-step KL anchor to the base model in rounds (RLCMConfig.kl_coef)
     kl_units: str = "action"  # RLCM_KL_UNITS: action | x0 (RLCMConfig.kl_units)

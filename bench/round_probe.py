@@ -1,0 +1,71 @@
+"""One round, outside the studio, with a fixed exported reward model: how the alignment guard's form, the
+epochs and the step size move the oracle's win rate over the base and the toy prompt fidelity.
+
+    python bench/round_probe.py RM_DIR rel 0.25 16            # guard relative to the reward model's spread
+    python bench/round_probe.py RM_DIR abs 0.2 16 3e-3 8      # absolute weight; epochs, lr, prompts per epoch
+
+RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
+round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch, no evaluation),
+then 32 held-out prompts x 2 seeds are judged by the `warm_colours` rater, tuned against base (ties half),
+and scored for prompt fidelity. Prints one JSON line. A probe for choosing defaults, not a studio benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+import reward_model  # noqa: E402
+from feedback.pairs import LABEL  # noqa: E402
+from feedback.raters import warm_colours  # noqa: E402
+from rlcm.prompts import get_prompts  # noqa: E402
+from rlcm.rewards import with_alignment_guard  # noqa: E402
+from rlcm.toy.checker import fidelity  # noqa: E402
+from rlcm.trainer import RLCMConfig, RLCMTrainer  # noqa: E402
+from studio.serving import BASE, ServedGenerator  # noqa: E402
+from studio.settings import StudioSettings  # noqa: E402
+
+
+def main() -> None:
+    rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
+    per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
+    rm = reward_model.load(rm_dir)
+    work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}")
+    gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
+    score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
+    pairs = None
+    if mode == "rel":  # scaled on base samples, 8 prompts x 4 pairs (the studio scales on rated pairs)
+        prompts = [p for p in get_prompts("toy", "train", 8, seed=0)[:8] for _ in range(8)]
+        imgs = gen.generate(prompts, list(range(len(prompts))), version=BASE)[0]
+        pairs = [(imgs[i], imgs[i + 1], prompts[i]) for i in range(0, len(imgs), 2)]
+    scorer = with_alignment_guard(score, rm.clip, k, pairs=pairs)
+    cfg = RLCMConfig(model="toy-lcm", reward="preference", prompt_set="toy", num_steps=4, guidance_scale=8.0,
+                     epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
+                     train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
+                     checkpoint_every=10**6, lr=lr)
+    t = time.time()
+    trainer = RLCMTrainer(cfg, reward_fn=scorer)
+    trainer.train()
+    train_s = time.time() - t
+    prompts = [p for p in get_prompts("toy", "heldout", 32, seed=1)[:32] for _ in (0, 1)]
+    seeds = [20_000 + i for i in range(len(prompts))]
+    tuned = trainer.sample_images(prompts, seeds)
+    base = gen.generate(prompts, seeds, version=BASE)[0]
+    wins = [LABEL[warm_colours(f, b, p)] if i % 2 == 0 else 1 - LABEL[warm_colours(b, f, p)]
+            for i, (b, f, p) in enumerate(zip(base, tuned, prompts))]
+    fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
+    print(json.dumps({"reward_model": Path(rm_dir).name, "guard": mode, "weight": k,
+                      "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epochs, "lr": lr,
+                      "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3), "n": len(wins),
+                      "fidelity_change_points": round(100 * (ft - fb), 1), "train_s": round(train_s)}))
+
+
+if __name__ == "__main__":
+    main()
