@@ -223,12 +223,20 @@ class RLCMTrainer:
             out += self.policy.sample(prompts[i:i + bs], generator=gens).images
         return out
 
-    def evaluate(self) -> dict:
-        """Mean reward (and toy fidelity) on held-out prompts with fixed seeds."""
+    def evaluate(self, base: bool = False) -> dict:
+        """Mean reward (and toy fidelity) on held-out prompts with fixed seeds; of the base model (adapters
+        disabled) with `base`."""
         prompts = [p for _ in range(self.cfg.eval_seeds) for p in self.eval_prompt_list]
         seeds = [10_000 + i for i in range(len(prompts))]
         self.unet.eval()
-        images = self.sample_images(prompts, seeds)
+        unet = self.accelerator.unwrap_model(self.unet)
+        if base:
+            unet.disable_adapters()
+        try:
+            images = self.sample_images(prompts, seeds)
+        finally:
+            if base:
+                unet.enable_adapters()
         rewards = self.reward_fn(images, prompts)
         res = {"eval_reward_mean": float(np.mean(rewards)), "eval_reward_std": float(np.std(rewards))}
         if self.cfg.prompt_set == "toy":

@@ -10,8 +10,8 @@ import numpy as np
 FLAT_STD = 2.0  # an image whose pixels vary less than this (of 255) shows nothing
 SAME_MAX_DIFF = 1.0  # images within this (of 255, per pixel) of their start version show no change
 MAX_FIDELITY_DROP = 10.0  # points of toy prompt fidelity a round may lose before it counts as a collapse
-# a round hands over its latest evaluated epoch within this many points of its start's fidelity (the same
-# held-out prompts and seeds each time), and stops once fidelity fell past MAX_FIDELITY_DROP
+# a round hands over its latest evaluated epoch within this many points of the base model's fidelity (the same
+# held-out prompts and seeds), and stops once fidelity fell MAX_FIDELITY_DROP below its start
 KEEP_FIDELITY_DROP = 2.0
 
 
@@ -32,13 +32,14 @@ def reject_reason(history: list[dict], lora_dir: Path, result: dict) -> str | No
         if bad:
             return f"non-finite LoRA weights in {len(bad)} tensors (e.g. {bad[0]})"
     before, after = result.get("fidelity_before"), result.get("fidelity_after")
+    base = result.get("fidelity_base")
     if before is not None and after is not None:
-        drop = 100 * (before - after)
-        if drop > MAX_FIDELITY_DROP:
+        if 100 * (before - after) > MAX_FIDELITY_DROP:
             return f"prompt fidelity collapsed: {100 * before:.1f}% -> {100 * after:.1f}%"
-        if drop > KEEP_FIDELITY_DROP:
-            return (f"prompt fidelity fell more than {KEEP_FIDELITY_DROP:g} points at every evaluated epoch: "
-                    f"{100 * before:.1f}% -> {100 * after:.1f}%")
+        ref = base if base is not None else before
+        if 100 * (ref - after) > KEEP_FIDELITY_DROP:
+            return (f"no evaluated epoch kept prompt fidelity within {KEEP_FIDELITY_DROP:g} points of the "
+                    f"{'base model' if base is not None else 'start'}'s: {100 * ref:.1f}% -> {100 * after:.1f}%")
     return None
 
 

@@ -155,7 +155,8 @@ class RoundRunner:
                       "reward_before": ev[0]["eval_reward_mean"] if ev else None,
                       "reward_after": handed.get("eval_reward_mean")}
             if ev and "eval_fidelity" in ev[0]:
-                result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=handed["eval_fidelity"])
+                result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=handed["eval_fidelity"],
+                              fidelity_base=keeper.base)
             self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result)
             self._set(state="checking", result=result)
             verdict, reason = self.on_done(rid, out / "lora", checks.reject_reason(trainer.history, out / "lora", result))
@@ -183,10 +184,11 @@ class RoundRunner:
 
 class FidelityKeeper:
     """Trainer callback: keeps the round's latest evaluated epoch whose toy prompt fidelity is within
-    checks.KEEP_FIDELITY_DROP points of epoch 0's (same held-out prompts and seeds), and sets `halt` once it
-    fell past checks.MAX_FIDELITY_DROP: a weak reward model is exploited more with every epoch, so a round
-    hands over its best safe epoch instead of being thrown away. Without a fidelity score (real models) it
-    keeps nothing and the last epoch is handed over."""
+    checks.KEEP_FIDELITY_DROP points of the *base* model's on the same held-out prompts and seeds, and sets
+    `halt` once fidelity fell checks.MAX_FIDELITY_DROP below where the round started. Measured against the
+    base, not the round's start, so promoted rounds cannot add their allowances up. A weak reward model is
+    exploited more with every epoch, so a round hands over its best safe epoch instead of being thrown away.
+    Without a fidelity score (real models) it keeps nothing and the last epoch is handed over."""
 
     NOTE = "kept.json"
 
@@ -195,23 +197,28 @@ class FidelityKeeper:
         self.halt = threading.Event()
         note = self.directory / self.NOTE  # a resumed round remembers what it kept
         self.kept = json.loads(note.read_text()) if note.is_file() else None
+        self.base: float | None = None  # the base model's fidelity on the round's evaluation prompts
 
     def __call__(self, e: dict) -> None:
-        if e["type"] != "epoch" or "eval_fidelity" not in e or e["epoch"] == 0:
+        if e["type"] != "epoch" or "eval_fidelity" not in e:
+            return
+        if self.base is None:
+            self.base = self.trainer.evaluate(base=True)["eval_fidelity"]
+        if e["epoch"] == 0:
             return
         start = next((r["eval_fidelity"] for r in self.trainer.history if r["epoch"] == 0), None)
         if start is None:
             return
-        drop = 100 * (start - e["eval_fidelity"])
-        if drop <= checks.KEEP_FIDELITY_DROP:
+        f = e["eval_fidelity"]
+        if 100 * (self.base - f) <= checks.KEEP_FIDELITY_DROP:
             tmp = self.directory.with_name(self.directory.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             self.trainer.save_lora(tmp)
-            self.kept = {"epoch": e["epoch"], "eval_fidelity": e["eval_fidelity"]}
+            self.kept = {"epoch": e["epoch"], "eval_fidelity": f, "base_fidelity": self.base}
             (tmp / self.NOTE).write_text(json.dumps(self.kept))
             shutil.rmtree(self.directory, ignore_errors=True)
             os.replace(tmp, self.directory)
-        elif drop > checks.MAX_FIDELITY_DROP:
+        elif 100 * (min(start, self.base) - f) > checks.MAX_FIDELITY_DROP:
             self.halt.set()
 
 
