@@ -127,7 +127,7 @@ class RoundRunner:
                 num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
                 prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16,
                 train_batch_size=min(16, s.round_prompts * 4),
-                eval_every=max(1, s.round_epochs // 12), eval_prompts=32, output_dir=str(out), seed=rid,
+                eval_every=max(1, s.round_epochs // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=rid,
                 init_lora=init if init and Path(init).exists() else None, device=s.device, checkpoint_every=2,
                 mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no",
                 kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr))  # a resumed round keeps the settings it started with

@@ -22,8 +22,8 @@ def make_studio(tmp_path, **kw):
     from studio.settings import StudioSettings
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
-                       admin_password=PASSWORD, round_epochs=2, round_prompts=2, queue_size=2, snapshot_every_s=0,
-                       compare_prompts=2, **kw)
+                       admin_password=PASSWORD, round_epochs=2, round_prompts=2, round_eval_prompts=4, queue_size=2,
+                       snapshot_every_s=0, compare_prompts=2, **kw)
     return Studio(s)
 
 
