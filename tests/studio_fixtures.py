@@ -18,8 +18,8 @@ def launch_studio(tmp: Path, **overrides):
     from studio.runtime import Studio
     from studio.settings import StudioSettings
 
-    defaults = dict(round_epochs=4, round_prompts=4, round_eval_prompts=4, queue_size=4, snapshot_every_s=0,
-                    compare_prompts=4, auto_round_every=0)
+    defaults = dict(round_epochs=4, round_prompts=4, queue_size=4, snapshot_every_s=0, compare_prompts=4,
+                    auto_round_every=0)
     settings = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp,
                               admin_password=PASSWORD, **{**defaults, **overrides})
     studio = Studio(settings)

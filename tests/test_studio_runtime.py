@@ -6,6 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from studio.settings import StudioSettings
 
@@ -22,8 +23,8 @@ def make_studio(tmp_path, **kw):
     from studio.settings import StudioSettings
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
-                       admin_password=PASSWORD, round_epochs=2, round_prompts=2, round_eval_prompts=4, queue_size=2,
-                       snapshot_every_s=0, compare_prompts=2, **kw)
+                       admin_password=PASSWORD, round_epochs=2, round_prompts=2, queue_size=2, snapshot_every_s=0,
+                       compare_prompts=2, **kw)
     return Studio(s)
 
 
@@ -99,7 +100,7 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     studio.settings.kl_units = "x0"
     studio.start_round("admin", force=True)  # the round runs with the guard and the KL anchor
     p = wait_round(studio)
-    assert p["state"] == "done" and p["verdict"] == "candidate", p
+    assert p["state"] == "done" and p["verdict"] == "candidate", (p.get("verdict_reason"), p.get("result"))
     assert studio.generator.version == "base" and studio.generator.candidate == "round-1"
     studio.activate("round-1", by="admin")  # an admin's forced promotion
     assert studio.store.get_round(1)["verdict"] == "promoted"
@@ -116,7 +117,22 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     assert again.generator.version == version == "round-1"
     assert again.rounds.reward_model is not None and again.rounds.reward_model.version == rm_version
     assert np.array_equal(served, np.asarray(again.generator.generate(["a blue star"], [9])[0][0]))
-    assert [r["version"] for r in again.compare()] == ["base", "round-1"]
+    rows = again.compare()
+    assert [r["version"] for r in rows] == ["base", "round-1"]
+    rm = again.rounds.reward_model
+    for r in rows:  # the reward model's mean score of the version's fixed images
+        images = [Image.open(f).convert("RGB") for f in r["images"]]
+        assert r["reward"] == pytest.approx(float(rm.score(images, r["prompts"][: len(images)]).mean()), abs=1e-5)
+
+    class Shifted:  # another reward model (another version): the cached scores must not be reused
+        version = rm.version + "-other"
+
+        def score(self, images, prompts):
+            return rm.score(images, prompts) + 1.0
+
+    again.rounds.reward_model = Shifted()
+    shifted = {r["version"]: r["reward"] for r in again.compare()}
+    assert all(shifted[r["version"]] == pytest.approx(r["reward"] + 1.0, abs=1e-5) for r in rows)
     again.close()
 
 
