@@ -83,6 +83,12 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
             "next_pair_ms_p95": 1000 * float(np.percentile(latency, 95)) if latency else None}
 
 
+def oracle_wins(oracle, base: list, tuned: list, prompts: list[str]) -> list[float]:
+    """Per image pair: 1 when the oracle prefers the tuned image, 0 the base one, 1/2 a tie (sides alternate)."""
+    return [LABEL[oracle(f, b, p)] if i % 2 == 0 else 1.0 - LABEL[oracle(b, f, p)]
+            for i, (b, f, p) in enumerate(zip(base, tuned, prompts))]
+
+
 def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict:
     """Served vs base on held-out prompts x 2 seeds, the same seeds for both."""
     served = studio.generator.version
@@ -90,8 +96,7 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict
     seeds = [20_000 + i for i in range(len(prompts))]
     base = studio.generator.generate(prompts, seeds, version=BASE)[0]
     tuned = studio.generator.generate(prompts, seeds, version=served)[0]
-    wins = [LABEL[oracle(f, b, p)] if i % 2 == 0 else 1.0 - LABEL[oracle(b, f, p)]
-            for i, (b, f, p) in enumerate(zip(base, tuned, prompts))]
+    wins = oracle_wins(oracle, base, tuned, prompts)
     rec = gate.Record(sum(w == 1.0 for w in wins), sum(w == 0.0 for w in wins), sum(w == 0.5 for w in wins))
     out = {"served_version": served, "served_win_rate": float(np.mean(wins)), "served_win_rate_n": len(wins),
            "served_win_rate_interval90": rec.interval(0.9)}

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import reward_model  # noqa: E402
-from feedback.pairs import LABEL  # noqa: E402
 from feedback.raters import warm_colours  # noqa: E402
+from live_loop import oracle_wins  # noqa: E402 (beside this script)
 from rlcm.prompts import get_prompts  # noqa: E402
 from rlcm.rewards import with_alignment_guard  # noqa: E402
 from rlcm.toy.checker import fidelity  # noqa: E402
@@ -58,8 +58,7 @@ def main() -> None:
     seeds = [20_000 + i for i in range(len(prompts))]
     tuned = trainer.sample_images(prompts, seeds)
     base = gen.generate(prompts, seeds, version=BASE)[0]
-    wins = [LABEL[warm_colours(f, b, p)] if i % 2 == 0 else 1 - LABEL[warm_colours(b, f, p)]
-            for i, (b, f, p) in enumerate(zip(base, tuned, prompts))]
+    wins = oracle_wins(warm_colours, base, tuned, prompts)
     fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
     print(json.dumps({"reward_model": Path(rm_dir).name, "guard": mode, "weight": k,
                       "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epochs, "lr": lr,

@@ -20,6 +20,7 @@ Facts a reader comparing with the paper or the official code (Owen-Oertell/rlcm)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -229,14 +230,8 @@ class RLCMTrainer:
         prompts = [p for _ in range(self.cfg.eval_seeds) for p in self.eval_prompt_list]
         seeds = [10_000 + i for i in range(len(prompts))]
         self.unet.eval()
-        unet = self.accelerator.unwrap_model(self.unet)
-        if base:
-            unet.disable_adapters()
-        try:
+        with self.base_model() if base else contextlib.nullcontext():
             images = self.sample_images(prompts, seeds)
-        finally:
-            if base:
-                unet.enable_adapters()
         rewards = self.reward_fn(images, prompts)
         res = {"eval_reward_mean": float(np.mean(rewards)), "eval_reward_std": float(np.std(rewards))}
         if self.cfg.prompt_set == "toy":
@@ -267,15 +262,21 @@ class RLCMTrainer:
         self.reward_queries += len(prompts) * self.accelerator.num_processes
         return trajs, rewards, prompts
 
-    @torch.no_grad()
-    def _base_means(self, tr: Trajectory) -> torch.Tensor:
-        """Action means of the base model (adapters disabled) at every visited state."""
+    @contextlib.contextmanager
+    def base_model(self):
+        """The pipeline's UNet with its LoRA switched off, for the duration of the block."""
         unet = self.accelerator.unwrap_model(self.unet)
         unet.disable_adapters()
         try:
-            return torch.stack([self.policy.action_dist(unet, tr, j)[0] for j in range(self.actions)], 1)
+            yield unet
         finally:
             unet.enable_adapters()
+
+    @torch.no_grad()
+    def _base_means(self, tr: Trajectory) -> torch.Tensor:
+        """Action means of the base model (adapters disabled) at every visited state."""
+        with self.base_model() as unet:
+            return torch.stack([self.policy.action_dist(unet, tr, j)[0] for j in range(self.actions)], 1)
 
     def _advantages(self, rewards: np.ndarray, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         from accelerate.utils import gather_object
