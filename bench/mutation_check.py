@@ -95,7 +95,8 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool, float
            "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     t = time.perf_counter()
     try:
-        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider",
+                              *tests],
                              cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
         ok, out = res.returncode == 0, res.stdout + res.stderr
     except subprocess.TimeoutExpired:

@@ -15,7 +15,13 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "data" / "models"
-torch.set_num_threads(int(os.environ.get("RLCM_TEST_THREADS", "2")))
+# one torch thread per xdist worker (pytest.ini runs two on CI's two cores), both threads when run alone
+torch.set_num_threads(int(os.environ.get("RLCM_TEST_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files marked `heavy` first, in their collected order (stable sort): xdist hands out files in this order."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def shipped(name: str) -> Path:

@@ -9,6 +9,10 @@ import pytest
 from .conftest import MODELS
 
 PASSWORD = "s3cret-admin"
+# the tests' rounds: 2 epochs at a third of the default step size, evaluated on 16 prompts (64 images, 0.5 points
+# of fidelity each), so a round changes the images (the candidate differs from the base) while its fidelity
+# stays within the keeper's 2 points on any thread count or pair order
+TEST_ROUNDS = dict(round_epochs=2, round_lr=1e-3, round_eval_prompts=16)
 
 
 def launch_studio(tmp: Path, **overrides):
@@ -18,7 +22,7 @@ def launch_studio(tmp: Path, **overrides):
     from studio.runtime import Studio
     from studio.settings import StudioSettings
 
-    defaults = dict(round_epochs=4, round_prompts=4, queue_size=4, snapshot_every_s=0, compare_prompts=4,
+    defaults = dict(**TEST_ROUNDS, round_prompts=4, queue_size=4, snapshot_every_s=0, compare_prompts=4,
                     auto_round_every=0)
     settings = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp,
                               admin_password=PASSWORD, **{**defaults, **overrides})

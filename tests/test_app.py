@@ -8,6 +8,8 @@ from gradio_client import Client
 
 from .studio_fixtures import PASSWORD, label_pairs, launch_studio, vote
 
+pytestmark = pytest.mark.heavy
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
@@ -94,7 +96,7 @@ def test_admin_endpoints_refuse_non_admins(app, endpoint, args):
 
 def test_round_becomes_a_candidate_and_people_promote_it(app):
     studio, client = app
-    label_pairs(client, 24)
+    label_pairs(client, 12)
     seed_images = studio.generator.generate(["a red circle on a blue background"], [123])[0][0]
     assert client.predict(PASSWORD, True, api_name="/start_round").startswith("round")
     deadline = time.time() + 600

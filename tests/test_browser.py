@@ -13,7 +13,7 @@ from .studio_fixtures import PASSWORD, launch_studio
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +97,9 @@ def test_round_as_admin_with_live_progress_and_compare(page):
     # while the candidate is pending, the Rate tab mixes in A/B pairs: candidate vs served, same prompt and seed
     tab(pg, "Rate")
     pg.locator("#pair-prompt").click()
-    for i in range(8):
+    for i in range(8):  # ties (key 3): the gate neither promotes nor rejects on 8 ties, so the candidate stays
         src = pg.locator("#img-left img").get_attribute("src")
-        pg.keyboard.press("1")
+        pg.keyboard.press("3")
         assert wait_until(lambda: pg.locator("#img-left img").get_attribute("src") != src, 30), f"vote {i}"
     rows = [r for r in studio.store.comparisons() if r["rater"] == "keyboard-kim"]
     ab = [r for r in rows if cand in (r["generator_a"], r["generator_b"])]

@@ -16,6 +16,8 @@ from studio import gate
 
 from .conftest import MODELS
 
+pytestmark = pytest.mark.heavy
+
 TOKENS: dict[str, str] = {}  # rater name -> rater_token, as the browser keeps it
 
 

@@ -19,6 +19,8 @@ from reward_model.__main__ import main as cli
 from tests.conftest import toy_clip_present
 from tests.fixtures_rm import fill_store, labelled_pairs, render
 
+pytestmark = pytest.mark.heavy
+
 FAST = rm.FitConfig(ensemble_size=3, scales=("pairs",), l2=(0.1,))  # 7 candidate priors instead of 63
 
 

@@ -11,7 +11,9 @@ from PIL import Image
 from studio.settings import StudioSettings
 
 from .conftest import MODELS
-from .studio_fixtures import PASSWORD
+from .studio_fixtures import PASSWORD, TEST_ROUNDS
+
+pytestmark = pytest.mark.heavy
 
 TOKENS: dict = {}  # (studio, rater name) -> rater_token, as the browser keeps it
 
@@ -23,8 +25,8 @@ def make_studio(tmp_path, **kw):
     from studio.settings import StudioSettings
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
-                       admin_password=PASSWORD, round_epochs=2, round_prompts=2, queue_size=2, snapshot_every_s=0,
-                       compare_prompts=2, **kw)
+                       admin_password=PASSWORD, **TEST_ROUNDS, round_prompts=2, queue_size=2,
+                       snapshot_every_s=0, compare_prompts=2, **kw)
     return Studio(s)
 
 

@@ -12,6 +12,8 @@ from rlcm.trainer import RLCMConfig, RLCMTrainer
 
 from .conftest import brightness, rlcm_config
 
+pytestmark = pytest.mark.heavy
+
 
 def tiny_config(tmp_path, **kw):
     return rlcm_config(tmp_path, dict(epochs=1, prompts_per_epoch=2, images_per_prompt=4, sample_batch_size=8,

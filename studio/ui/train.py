@@ -34,13 +34,19 @@ def build(studio, password: gr.Textbox, admin) -> gr.Timer:
         studio.reject(cand, f"rejected by {who}")
         return f"**{cand}** rejected"
 
-    def refresh(selected: str | None, drawn: int):
+    def refresh(selected: str | None, drawn: int, listed: list[str]):
         text, history, rows = studio.train_view()
         choices = studio.versions()
-        # keep the admin's selection: the timer must not reset the picker while someone is choosing
-        picker = gr.update(choices=choices, value=selected if selected in choices else studio.generator.version)
+        # the timer never sends the picker a value while the selection is valid: `selected` was read when the tick
+        # started, and sending it back would undo a choice made while the tick ran
+        if choices == listed:
+            picker = gr.skip()
+        elif selected in choices:
+            picker = gr.update(choices=choices)
+        else:
+            picker = gr.update(choices=choices, value=studio.generator.version)
         fig = reward_figure(rows, CURVE, (7, 2.8)) if len(rows) != drawn else gr.skip()
-        return text, fig, pd.DataFrame(history), picker, len(rows)
+        return text, fig, pd.DataFrame(history), picker, len(rows), choices
 
     with gr.Row():
         b_start = gr.Button("Start fine-tune round", variant="primary", elem_id="btn-start-round")
@@ -57,13 +63,15 @@ def build(studio, password: gr.Textbox, admin) -> gr.Timer:
         b_activate = gr.Button("Make active (admin)", elem_id="btn-activate")
         b_reject = gr.Button("Reject candidate (admin)", elem_id="btn-reject")
     action_md = gr.Markdown(elem_id="train-action")
-    drawn = gr.State(-1)
+    drawn = gr.State(-1)  # reward-curve rows drawn so far
+    listed = gr.State(studio.versions())  # the picker's choices as last sent
 
     b_start.click(user_errors(start), [password, force], [action_md], api_name="start_round")
     b_cancel.click(user_errors(cancel), [password], [action_md], api_name="cancel_round")
     b_activate.click(user_errors(activate), [password, version], [action_md], api_name="activate")
     b_reject.click(user_errors(reject), [password], [action_md], api_name="reject_candidate")
     timer = gr.Timer(1.0)
-    timer.tick(refresh, [version, drawn], [train_md, curve, history, version, drawn], api_visibility="private",
+    timer.tick(refresh, [version, drawn, listed], [train_md, curve, history, version, drawn, listed],
+               api_visibility="private",
                show_progress="hidden")
     return timer
