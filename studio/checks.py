@@ -13,6 +13,10 @@ MAX_FIDELITY_DROP = 10.0  # points of toy prompt fidelity a round may lose befor
 # a round hands over its latest evaluated epoch within this many points of the base model's fidelity (the same
 # held-out prompts and seeds), and stops once fidelity fell MAX_FIDELITY_DROP below its start
 KEEP_FIDELITY_DROP = 2.0
+# Before a vote, a finished round's toy prompt fidelity is measured again on new held-out prompts (x2 seeds, the
+# same seeds for base and candidate): the keeper chose its epoch on the round's own 32 images, so that figure is
+# biased up. Table rounds measured +0.3 there and -8.7 points on 512 new images (RESULTS, "Confirming fidelity").
+CONFIRM_SEED = 1_000_003  # prompt draw of the confirmation set: not the rounds' (round id + 1) nor Compare's (7)
 
 
 def reject_reason(history: list[dict], lora_dir: Path, result: dict) -> str | None:
@@ -64,4 +68,33 @@ def images_reason(compare_dir: Path, version: str, start_version: str = "base") 
     start = _load(compare_dir / start_version)
     if len(start) == len(images) and max(float(np.abs(a - b).max()) for a, b in zip(images, start)) <= SAME_MAX_DIFF:
         return f"no visible change from {start_version}"
+    return None
+
+
+def confirmation_set(n_prompts: int) -> tuple[list[str], list[int]]:
+    """The held-out prompts (each with 2 seeds) on which finished rounds are compared with the base."""
+    from rlcm.prompts import get_prompts
+
+    prompts = [p for p in get_prompts("toy", "heldout", n_prompts, seed=CONFIRM_SEED)[:n_prompts] for _ in (0, 1)]
+    return prompts, [50_000 + i for i in range(len(prompts))]
+
+
+def image_fidelity(images, prompts) -> np.ndarray:
+    """(N,) toy prompt fidelity of each image: the share of its prompt's attributes the checker finds."""
+    from rlcm.toy.checker import check
+
+    return np.array([check(im, p).score for im, p in zip(images, prompts)], dtype=np.float64)
+
+
+def fidelity_change(base: np.ndarray, candidate: np.ndarray) -> dict:
+    """Paired change in points (candidate - base, same prompts and seeds), its standard error and n."""
+    d = 100 * (np.asarray(candidate) - np.asarray(base))
+    return {"change_points": float(d.mean()), "se_points": float(d.std(ddof=1) / math.sqrt(len(d))), "n": len(d)}
+
+
+def confirm_reason(change: dict) -> str | None:
+    """Why a candidate's confirmed fidelity change is too large a loss to put it to a vote, or None."""
+    if change["change_points"] < -KEEP_FIDELITY_DROP:
+        return (f"prompt fidelity on {change['n']} new images is {change['change_points']:+.1f} "
+                f"± {change['se_points']:.1f} points against the base model's (limit -{KEEP_FIDELITY_DROP:g})")
     return None

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from feedback import backup, identity
 from feedback.checks import check_prompt
 from feedback.store import FeedbackStore
@@ -60,6 +62,7 @@ class Studio:
         self._gate_lock = threading.Lock()
         self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
         self._compare_scores: dict[tuple, dict] = {}  # (version, reward model, image mtimes) -> reward, fidelity
+        self._base_fidelity: dict[tuple, np.ndarray] = {}  # (steps, guidance, images) -> base's per-image fidelity
         self._restore_active()
         self._restore_candidate()
         self._restore_reward_model()
@@ -282,6 +285,8 @@ class Studio:
                                          only_new=True)
                 self._render_compare(version, lambda p, sd: self.generator.generate(p, sd, version=version)[0])
                 reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
+                if reason is None and self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
+                    reason = self._confirm_fidelity(rid, version)
                 if reason is None:  # its peft-format weights let the next round start from it once it is served
                     ck = self._adapter_checkpoint(rid)
                     if not ck.exists():
@@ -294,6 +299,24 @@ class Studio:
         self.store.update_round(rid, verdict=verdict, verdict_reason=f"automatic check: {reason}" if reason else None)
         self.queue.flush()
         return verdict, reason
+
+    def _confirm_fidelity(self, rid: int, version: str) -> str | None:
+        """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
+        metrics; why it fails, or None. The base's scores are kept per (steps, guidance, size)."""
+        prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts)
+
+        def scores(v: str):  # in chunks: the pair queue may take the generator's lock in between
+            return np.concatenate([checks.image_fidelity(self.generator.generate(prompts[i:i + 64], seeds[i:i + 64],
+                                                                                 version=v)[0], prompts[i:i + 64])
+                                   for i in range(0, len(prompts), 64)])
+
+        key = (self.settings.steps, self.settings.guidance, len(prompts))
+        if key not in self._base_fidelity:
+            self._base_fidelity[key] = scores(BASE)
+        change = checks.fidelity_change(self._base_fidelity[key], scores(version))
+        metrics = self.store.get_round(rid).get("metrics") or {}
+        self.store.update_round(rid, metrics={**metrics, "fidelity_confirmed": change})
+        return checks.confirm_reason(change)
 
     def _served_adapter(self) -> tuple[str, Path | None]:
         """The served version and its adapter checkpoint: new rounds start from what people were shown."""

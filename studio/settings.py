@@ -26,6 +26,7 @@ RANGES: dict[str, tuple[type, float, float]] = {
     "kl_coef": (float, 0.0, 1000.0),
     "round_prompts": (int, 1, 256),
     "round_eval_prompts": (int, 1, 1024),
+    "confirm_prompts": (int, 0, 1024),
     "round_lr": (float, 1e-6, 1e-1),
     "auto_round_every": (int, 0, 1_000_000),
     "queue_size": (int, 1, 64),
@@ -108,6 +109,9 @@ class StudioSettings:
     kl_units: str = "action"  # RLCM_KL_UNITS: action | x0 (RLCMConfig.kl_units)
     round_prompts: int = 8  # prompts per RLCM epoch (x4 images each)
     round_eval_prompts: int = 32  # held-out prompts (1 seed) of a round's reward and fidelity evaluations
+    # toy prompt set: new held-out prompts (x2 seeds) on which a finished round's fidelity is confirmed against
+    # the base before a vote (studio.checks.confirm_reason); 0: off. 256 images: standard error ~1.1 points
+    confirm_prompts: int = 128
     # RLCM_ROUND_LR: LoRA learning rate of rounds (one AdamW step per epoch). Toy, warm_colours, 30 labels,
     # 12 epochs: 5e-4 left images unchanged to the oracle (win 0.50), 3e-3 won 0.64, 1e-2 collapsed fidelity
     round_lr: float = 3e-3

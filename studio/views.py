@@ -82,6 +82,11 @@ def trial_text(candidate: str | None, served: str, rec: gate.Record | None, deci
             f"— {decision}: {why}")
 
 
+def _confirmed(c: dict | None) -> str:
+    """"-8.7 ± 1.1 pts (256 images)": the confirmation check's paired change, or "–"."""
+    return f"{c['change_points']:+.1f} ± {c['se_points']:.1f} pts ({c['n']} images)" if c else "–"
+
+
 def history_rows(rounds: list[dict]) -> list[dict]:
     """The rounds table, newest first, with formatted figures only."""
     out = []
@@ -97,6 +102,7 @@ def history_rows(rounds: list[dict]) -> list[dict]:
                     "by": (r.get("config") or {}).get("by", ""), "from": (r.get("config") or {}).get("init_version", ""),
                     "reward-model accuracy": accuracy_text(rm) if rm else "–",
                     "reward-model score (held-out)": rew, "prompt fidelity": fid,
+                    "fidelity vs base, new prompts": _confirmed(m.get("fidelity_confirmed")),
                     "epochs": _epochs(m), "train time": duration(m.get("train_seconds")),
                     "finished": (r.get("finished_at") or "")[:19].replace("T", " ")})
     return out

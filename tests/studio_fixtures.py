@@ -9,10 +9,11 @@ import pytest
 from .conftest import MODELS
 
 PASSWORD = "s3cret-admin"
-# the tests' rounds: 2 epochs at a third of the default step size, evaluated on 16 prompts (64 images, 0.5 points
-# of fidelity each), so a round changes the images (the candidate differs from the base) while its fidelity
-# stays within the keeper's 2 points on any thread count or pair order
-TEST_ROUNDS = dict(round_epochs=2, round_lr=1e-3, round_eval_prompts=16)
+# the tests' rounds: 2 epochs at a third of the default step size, evaluated on 16 prompts, so a round changes the
+# images (the candidate differs from the base) while its fidelity stays within the keeper's 2 points on any thread
+# count or pair order. No confirmation on new prompts: on a test-sized set (32 images, standard error ~2 points)
+# it rejects such rounds at random; test_gate tests it with LoRAs far from the limit.
+TEST_ROUNDS = dict(round_epochs=2, round_lr=1e-3, round_eval_prompts=16, confirm_prompts=0)
 
 
 def launch_studio(tmp: Path, **overrides):

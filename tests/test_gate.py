@@ -72,6 +72,7 @@ def _lora(tmp, scale: float | None, nan: bool = False):
     from rlcm import lora as lora_utils
 
     pipe = LatentConsistencyModelPipeline.from_pretrained(MODELS / "toy-lcm")
+    torch.manual_seed(0)  # peft draws A from the global generator
     cfg = lora_utils.add_lora(pipe.unet, rank=8, alpha=8)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -91,7 +92,7 @@ def studio(tmp_path):
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path / "studio",
                        admin_password="pw", snapshot_every_s=0, compare_prompts=4, queue_size=2, ab_fraction=1.0,
-                       auto_round_every=0)
+                       auto_round_every=0, confirm_prompts=0)  # the fidelity confirmation has its own test
     st = Studio(s, start_workers=False)
     yield st
     st.close()
@@ -153,6 +154,31 @@ def test_the_base_itself_and_a_nan_lora_are_rejected_before_any_vote(studio, tmp
     assert studio.generator.candidate is None and studio.generator.version == "base"
     assert studio.versions() == ["base"]
     assert studio.store.counts()["comparisons"] == 0
+
+
+def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_before_any_vote(studio, tmp_path):
+    from studio import checks
+
+    studio.settings.confirm_prompts = 16
+    loud = _lora(tmp_path / "loud", 0.4)
+    version, verdict, reason = studio.submit_candidate(loud)
+    assert verdict == "rejected" and "prompt fidelity on 32 new images" in reason, reason
+    change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
+    # recomputed here: the same prompts and seeds, each version's images scored by the toy checker
+    prompts, seeds = checks.confirmation_set(16)
+    studio.generator.set_candidate(version, loud)
+    base, tuned = (checks.image_fidelity(studio.generator.generate(prompts, seeds, version=v)[0], prompts)
+                   for v in ("base", version))
+    studio.generator.set_candidate(None)
+    assert change["n"] == 32 and change["change_points"] == pytest.approx(100 * (tuned - base).mean())
+    assert change["change_points"] < -checks.KEEP_FIDELITY_DROP
+    assert studio.generator.candidate is None and studio.versions() == ["base"]
+    # a gentle LoRA passes the same check and goes to the vote, its change recorded beside the round
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "gentle", 0.02))
+    assert verdict == "candidate", reason
+    ok = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
+    assert ok["change_points"] >= -checks.KEEP_FIDELITY_DROP
+    assert "pts (32 images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
 
 
 def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
