@@ -3,11 +3,13 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
 
     python bench/round_probe.py RM_DIR rel 0.25 16            # guard relative to the reward model's spread
     python bench/round_probe.py RM_DIR abs 0.2 16 3e-3 8      # absolute weight; epochs, lr, prompts per epoch
+    python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1  # ... and a KL anchor to the base (kl_coef)
 
 RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
 round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch, no evaluation),
 then 32 held-out prompts x 2 seeds are judged by the `warm_colours` rater, tuned against base (ties half),
-and scored for prompt fidelity. Prints one JSON line. A probe for choosing defaults, not a studio benchmark.
+and scored for prompt fidelity, which is also measured on the studio's confirmation set (studio.checks,
+128 new prompts x 2 seeds). Prints one JSON line. A probe for choosing defaults, not a studio benchmark.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rlcm.prompts import get_prompts  # noqa: E402
 from rlcm.rewards import with_alignment_guard  # noqa: E402
 from rlcm.toy.checker import fidelity  # noqa: E402
 from rlcm.trainer import RLCMConfig, RLCMTrainer  # noqa: E402
+from studio import checks  # noqa: E402
 from studio.serving import BASE, ServedGenerator  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
 
@@ -36,8 +39,9 @@ def main() -> None:
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
+    kl = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
     rm = reward_model.load(rm_dir)
-    work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}")
+    work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
     score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
     pairs = None
@@ -49,7 +53,7 @@ def main() -> None:
     cfg = RLCMConfig(model="toy-lcm", reward="preference", prompt_set="toy", num_steps=4, guidance_scale=8.0,
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
-                     checkpoint_every=10**6, lr=lr)
+                     checkpoint_every=10**6, lr=lr, kl_coef=kl)
     t = time.time()
     trainer = RLCMTrainer(cfg, reward_fn=scorer)
     trainer.train()
@@ -60,10 +64,15 @@ def main() -> None:
     base = gen.generate(prompts, seeds, version=BASE)[0]
     wins = oracle_wins(warm_colours, base, tuned, prompts)
     fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
+    cp, cs = checks.confirmation_set(128)
+    confirmed = checks.fidelity_change(checks.image_fidelity(gen.generate(cp, cs, version=BASE)[0], cp),
+                                       checks.image_fidelity(trainer.sample_images(cp, cs), cp))
     print(json.dumps({"reward_model": Path(rm_dir).name, "guard": mode, "weight": k,
                       "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epochs, "lr": lr,
                       "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3), "n": len(wins),
-                      "fidelity_change_points": round(100 * (ft - fb), 1), "train_s": round(train_s)}))
+                      "kl_coef": kl, "fidelity_change_points": round(100 * (ft - fb), 1),
+                      "fidelity_confirmed_points": round(confirmed["change_points"], 1),
+                      "fidelity_confirmed_se": round(confirmed["se_points"], 1), "train_s": round(train_s)}))
 
 
 if __name__ == "__main__":
