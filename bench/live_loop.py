@@ -172,6 +172,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", nargs="+", metavar="REPORT", default=None,
                     help="write the summary table of these report-N.json files (from --work-dir) and stop")
+    ap.add_argument("--title", default="every shipped rater", help="the --table section's title (after 'Live loop "
+                    "(studio): ')")
     ap.add_argument("--oracle", help="rater: file.py:function, module:function or a shipped name")
     ap.add_argument("--labels", type=int, default=100, help="labels in all, A/B votes included")
     ap.add_argument("--pace", type=float, default=2.0, help="seconds between labels")
@@ -185,14 +187,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         reports = [json.loads(Path(f).read_text()) for f in args.table]
-        intro = ("Every shipped rater through the studio's own loop (`Studio` with the app's defaults), 300 labels at "
-                 "one label per 2 s on the 2-core CPU; each row's details are in its own section below. The 100-label "
+        intro = ("Raters through the studio's own loop (`Studio` with the app's defaults), 300 labels at one label "
+                 "per 2 s on the 2-core CPU; each run's details are in its report files (--work-dir). The 100-label "
                  "rows are measured inside the 300-label runs when the 100th label was spent (`--report-at 100`): the "
                  "version served then, evaluated at the end. Win rate: the rater's preference for the served version "
                  "over the base on 32 held-out prompts x 2 seeds (ties half). Never worse: the win rate's 90% interval "
                  "reaches 0.5 and prompt fidelity is within 2 points of the base. Target (learnable tastes): served "
                  "win rate >= 0.80 at 100 labels, >= 0.90 at 300.\n\n")
-        print(update_section("Live loop (studio): every shipped rater", intro + table(reports), results_path(args.quick)))
+        print(update_section(f"Live loop (studio): {args.title}", intro + table(reports), results_path(args.quick)))
         return
     if not args.oracle:
         ap.error("--oracle is required")
