@@ -16,27 +16,34 @@ SETTINGS_FILE = "settings.json"  # under data_dir: the admin's edits, which outl
 EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef", "ab_fraction")
 # every numeric setting: (int or float, lowest, highest), both ends allowed
 RANGES: dict[str, tuple[type, float, float]] = {
+    # backups
     "snapshot_every_s": (int, 0, 7 * 86_400),
     "snapshot_keep": (int, 1, 1000),
     "repo_backup_every_min": (int, 1, 24 * 60),
+    # sampling
     "steps": (int, 2, 16),  # LCM inference steps: the last adds no noise, so 1 step has nothing to train
     "guidance": (float, 0.0, 30.0),
+    # rounds
     "round_epochs": (int, 1, 1000),
     "alignment_guard": (float, 0.0, 100.0),
     "kl_coef": (float, 0.0, 1000.0),
     "round_prompts": (int, 1, 256),
-    "round_eval_prompts": (int, 1, 1024),
-    "confirm_prompts": (int, 0, 1024),
     "round_lr": (float, 1e-6, 1e-1),
     "auto_round_every": (int, 0, 1_000_000),
+    # their checks
+    "round_eval_prompts": (int, 1, 1024),
+    "confirm_prompts": (int, 0, 1024),  # 0: no confirmation on new prompts
+    # the Rate queue
     "queue_size": (int, 1, 64),
     "earlier_fraction": (float, 0.0, 1.0),
     "pair_candidates": (int, 2, 64),
     "compare_prompts": (int, 1, 64),
+    # the gate
     "ab_fraction": (float, 0.0, 1.0),
     "gate_confidence": (float, 0.0, 1.0),
     "gate_min_votes": (int, 1, 100_000),
     "gate_max_votes": (int, 1, 100_000),
+    # limits
     "max_upload_mb": (int, 1, 10_240),
     "keep_unrated": (int, 0, 10_000_000),
 }
