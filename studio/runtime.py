@@ -277,8 +277,8 @@ class Studio:
         version = f"round-{rid}"
         parent = (self.store.get_round(rid).get("config") or {}).get("init_version", BASE)
         if reason is None:
-            try:
-                self.generator.set_candidate(version, lora_dir)
+            try:  # loaded for the checks only: no A/B pair shows it, and no vote promotes it, before they pass
+                self.generator.set_candidate(version, lora_dir, trial=False)
                 self._render_compare(BASE, lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], only_new=True)
                 if parent != BASE and parent == self.generator.version:
                     self._render_compare(parent, lambda p, sd: self.generator.generate(p, sd, version=parent)[0],
@@ -297,6 +297,8 @@ class Studio:
                 self.generator.set_candidate(None)
         verdict = "rejected" if reason else "candidate"
         self.store.update_round(rid, verdict=verdict, verdict_reason=f"automatic check: {reason}" if reason else None)
+        if verdict == "candidate":  # after the store says so: a vote may promote it from the next moment on
+            self.generator.open_trial(version)
         self.queue.flush()
         return verdict, reason
 

@@ -37,6 +37,7 @@ class ServedGenerator:
         self._pipe = None
         self.version = BASE  # served to everyone
         self.candidate: str | None = None  # on trial in A/B pairs
+        self.checking: str | None = None  # in the candidate adapter for the automatic checks, not yet on trial
         self._loaded: set[str] = set()  # adapter names in the pipeline
         self._using: str | None = None  # adapter the pipeline applies now (None: base weights)
 
@@ -65,7 +66,7 @@ class ServedGenerator:
                 adapter = None
             elif version == self.version:
                 adapter = self.ADAPTERS["served"]
-            elif version == self.candidate:
+            elif version in (self.candidate, self.checking):
                 adapter = self.ADAPTERS["candidate"]
             else:
                 raise ValueError(f"version {version!r} is neither served ({self.version}) nor the candidate")
@@ -106,13 +107,25 @@ class ServedGenerator:
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, path)
             return path
 
-    def set_candidate(self, version: str | None, lora_dir: str | Path | None = None) -> None:
-        """Put `version` on trial (its LoRA in the second adapter), or end the trial with None."""
+    def set_candidate(self, version: str | None, lora_dir: str | Path | None = None, trial: bool = True) -> None:
+        """Put `version` on trial (its LoRA in the second adapter), or end the trial with None. With `trial`
+        False it is only loaded for the automatic checks: `generate` renders it, but no A/B pair shows it and
+        no vote can promote it until `open_trial`."""
         with self.lock, LOAD_LOCK:
-            self.candidate = None
+            self.candidate = self.checking = None
             if version is not None:
                 self._load(self.ADAPTERS["candidate"], lora_dir)
-            self.candidate = version
+            if trial:
+                self.candidate = version
+            else:
+                self.checking = version
+
+    def open_trial(self, version: str) -> None:
+        """The version loaded for its checks passed them: on trial from now on."""
+        with self.lock:
+            if self.checking != version:
+                raise ValueError(f"{version} is not the version being checked ({self.checking})")
+            self.candidate, self.checking = version, None
 
 
 def most_uncertain_pair(rm, images: list, prompt: str) -> tuple[int, int]:

@@ -181,6 +181,33 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
     assert "pts (32 images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
 
 
+def test_no_vote_sees_a_version_before_its_checks_pass(studio, tmp_path, monkeypatch):
+    """While the confirmation renders (seconds to a minute), the Rate queue must not show the version in A/B
+    pairs, or votes could promote a round its checks then reject (seen in a live-loop run)."""
+    from studio import checks
+
+    studio.settings.confirm_prompts = 4
+    seen = []
+    real = checks.confirm_reason
+
+    def during_the_check(change):  # the real rule, called while the version is loaded for its checks
+        pair = studio.queue.make_pair()
+        seen.append((studio.generator.candidate, studio.generator.checking,
+                     {studio.store.get_sample(pair[k])["generator"] for k in ("a", "b")}))
+        return real(change)
+
+    monkeypatch.setattr(checks, "confirm_reason", during_the_check)
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "loud", 0.4))
+    assert verdict == "rejected" and seen == [(None, version, {"base"})]
+    assert studio.generator.candidate is None and studio.generator.checking is None
+    seen.clear()
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "gentle", 0.02))
+    assert seen == [(None, version, {"base"})]
+    assert verdict == "candidate" and studio.generator.candidate == version  # on trial once it passed
+    pair = studio.queue.make_pair()  # ab_fraction 1: now every pair is an A/B pair
+    assert {studio.store.get_sample(pair[k])["generator"] for k in ("a", "b")} == {"base", version}
+
+
 def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
     from studio.runtime import Studio
 
