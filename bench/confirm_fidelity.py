@@ -33,8 +33,7 @@ def main() -> None:
     sets = {"confirmation_256": checks.confirmation_set(128), "large_512": (large, [40_000 + i for i in range(512)])}
 
     def scores(version, prompts, seeds):
-        return checks.image_fidelity(sum((gen.generate(prompts[i:i + 64], seeds[i:i + 64], version=version)[0]
-                                          for i in range(0, len(prompts), 64)), []), prompts)
+        return checks.fidelity_scores(lambda p, sd: gen.generate(p, sd, version=version)[0], prompts, seeds)
 
     base = {k: scores(BASE, *v) for k, v in sets.items()}
     for r in FeedbackStore(data).rounds():

@@ -86,6 +86,13 @@ def image_fidelity(images, prompts) -> np.ndarray:
     return np.array([check(im, p).score for im, p in zip(images, prompts)], dtype=np.float64)
 
 
+def fidelity_scores(sample_fn, prompts: list[str], seeds: list[int], chunk: int = 64) -> np.ndarray:
+    """(N,) `image_fidelity` of `sample_fn(prompts, seeds) -> images`, called in chunks: a served generator's
+    lock is free between them for the pair queue."""
+    return np.concatenate([image_fidelity(sample_fn(prompts[i:i + chunk], seeds[i:i + chunk]), prompts[i:i + chunk])
+                           for i in range(0, len(prompts), chunk)])
+
+
 def fidelity_change(base: np.ndarray, candidate: np.ndarray) -> dict:
     """Paired change in points (candidate - base, same prompts and seeds), its standard error and n."""
     d = 100 * (np.asarray(candidate) - np.asarray(base))

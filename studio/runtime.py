@@ -307,10 +307,8 @@ class Studio:
         metrics; why it fails, or None. The base's scores are kept per (steps, guidance, size)."""
         prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts)
 
-        def scores(v: str):  # in chunks: the pair queue may take the generator's lock in between
-            return np.concatenate([checks.image_fidelity(self.generator.generate(prompts[i:i + 64], seeds[i:i + 64],
-                                                                                 version=v)[0], prompts[i:i + 64])
-                                   for i in range(0, len(prompts), 64)])
+        def scores(v: str):
+            return checks.fidelity_scores(lambda p, sd: self.generator.generate(p, sd, version=v)[0], prompts, seeds)
 
         key = (self.settings.steps, self.settings.guidance, len(prompts))
         if key not in self._base_fidelity:
