@@ -29,6 +29,9 @@ from .serving import BASE, PairQueue, ServedGenerator
 from .settings import StudioSettings, write_json
 
 
+SERVED_ADAPTER = "served-adapter.safetensors"  # under rounds/<id>/: the weights people were shown, peft format
+
+
 class Studio:
     def __init__(self, settings: StudioSettings, start_workers: bool = True):
         self.settings = s = settings
@@ -287,10 +290,6 @@ class Studio:
                 reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
                 if reason is None and self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
                     reason = self._confirm_fidelity(rid, version)
-                if reason is None:  # its peft-format weights let the next round start from it once it is served
-                    ck = self._adapter_checkpoint(rid)
-                    if not ck.exists():
-                        self.generator.save_adapter("candidate", ck)
             except Exception as e:  # unloadable or broken weights
                 reason = f"{type(e).__name__}: {e}"
             if reason is not None:
@@ -319,16 +318,19 @@ class Studio:
         return checks.confirm_reason(change)
 
     def _served_adapter(self) -> tuple[str, Path | None]:
-        """The served version and its adapter checkpoint: new rounds start from what people were shown."""
-        version = self.generator.version
-        if version == BASE:
-            return BASE, None
-        path = self._adapter_checkpoint(int(version.removeprefix("round-")))
-        return version, path if path.exists() else None
-
-    def _adapter_checkpoint(self, rid: int) -> Path:
-        """Round `rid`'s peft-format weights, the file `RLCMConfig.init_lora` reads (the trainer writes it there)."""
-        return self.settings.data_dir / "rounds" / str(rid) / "checkpoint" / "adapter.safetensors"
+        """The served version and its weights, written from the served adapter (peft format, the file
+        `RLCMConfig.init_lora` reads): new rounds start from what people were shown. Not the round's trainer
+        checkpoint, which holds its last epoch when the keeper handed over an earlier one."""
+        with self.generator.lock:  # no promotion between reading the version and writing its weights
+            version = self.generator.version
+            if version == BASE:
+                return BASE, None
+            path = self.settings.data_dir / "rounds" / version.removeprefix("round-") / SERVED_ADAPTER
+            if not path.exists():  # a version's weights never change: written when a round first starts from it
+                tmp = path.with_name(path.name + ".tmp")
+                self.generator.save_adapter("served", tmp)
+                os.replace(tmp, path)
+            return version, path
 
     def _restore_active(self) -> None:
         path = self.settings.data_dir / "active.json"

@@ -132,6 +132,28 @@ def test_people_promote_a_candidate_they_prefer(studio, tmp_path):
     assert served == version and init is not None and init.exists()
 
 
+def test_the_next_round_starts_from_the_weights_people_were_shown(studio, tmp_path):
+    """A round whose keeper handed over an earlier epoch leaves its trainer checkpoint at the last epoch: the next
+    round must start from the handed-over LoRA that people voted for, not from that checkpoint."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file, save_file
+
+    shown = _lora(tmp_path / "good", 0.05)
+    version, verdict, reason = studio.submit_candidate(shown)
+    assert verdict == "candidate", reason
+    later = load_file(_lora(tmp_path / "later", 0.2) / "pytorch_lora_weights.safetensors")  # a later epoch's
+    ck = studio.settings.data_dir / "rounds" / version.removeprefix("round-") / "checkpoint"
+    ck.mkdir(parents=True)
+    save_file({k.removeprefix("unet."): v for k, v in later.items()}, ck / "adapter.safetensors")
+    _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 20)
+    assert studio.generator.version == version
+    served, init = studio.rounds.start_adapter()  # what the round runner starts a new round from
+    assert served == version
+    start = convert_state_dict_to_diffusers(load_file(init))
+    want = {k.removeprefix("unet."): v for k, v in load_file(shown / "pytorch_lora_weights.safetensors").items()}
+    assert start.keys() == want.keys() and all(torch.allclose(start[k].float(), want[k].float()) for k in want)
+
+
 def test_people_reject_a_candidate_that_looks_like_the_served_one(studio, tmp_path):
     version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "meh", 0.05))
     assert verdict == "candidate", reason
