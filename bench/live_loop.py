@@ -42,7 +42,7 @@ from rlcm.toy.checker import fidelity  # noqa: E402
 from studio import gate  # noqa: E402
 from studio.runtime import Studio  # noqa: E402
 from studio.serving import BASE  # noqa: E402
-from studio.settings import StudioSettings  # noqa: E402
+from studio.settings import RANGES, StudioSettings, coerce  # noqa: E402
 
 
 def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log, report_at=()) -> dict:
@@ -183,6 +183,8 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts, 2 seeds each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-dir", default=None, help="the studio's data directory (default: temp)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="change a studio setting from the app's default: a probe, written to the throw-away RESULTS.md")
     ap.add_argument("--quick", action="store_true", help="a minute: 20 labels at pace 0, short rounds; no RESULTS")
     args = ap.parse_args()
     if args.table:
@@ -201,6 +203,11 @@ def main() -> None:
     oracle = load_rater(args.oracle)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="live-loop-"))
     overrides = dict(auto_round_every=10, round_epochs=2, round_prompts=2, compare_prompts=2) if args.quick else {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in RANGES:
+            ap.error(f"--set {item}: not a numeric studio setting ({', '.join(RANGES)})")
+        overrides[name] = coerce(name, value)
     settings = StudioSettings(data_dir=work, admin_password=uuid.uuid4().hex, snapshot_every_s=0, **overrides)
     t0 = time.time()
     log = lambda msg: print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)  # noqa: E731
@@ -236,7 +243,7 @@ def main() -> None:
         report = {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
         (work / f"report-{report['labels']}.json").write_text(json.dumps(report, indent=1))
         path = update_section(f"Live loop (studio): {name}, {report['labels']} labels, pace {pace:g} s",
-                              section(report, settings, args.oracle, note), results_path(args.quick))
+                              section(report, settings, args.oracle, note), results_path(args.quick or bool(args.set)))
         print(f"wrote {path}")
         print(json.dumps(report))  # the last line is the full run's report
 

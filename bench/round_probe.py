@@ -4,6 +4,7 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 16            # guard relative to the reward model's spread
     python bench/round_probe.py RM_DIR abs 0.2 16 3e-3 8      # absolute weight; epochs, lr, prompts per epoch
     python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1  # ... and a KL anchor to the base (kl_coef)
+    python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
 
 RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
 round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch, no evaluation),
@@ -15,6 +16,7 @@ and scored for prompt fidelity, which is also measured on the studio's confirmat
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import reward_model  # noqa: E402
-from feedback.raters import warm_colours  # noqa: E402
+from feedback.raters import load_rater  # noqa: E402
 from live_loop import oracle_wins  # noqa: E402 (beside this script)
 from rlcm.prompts import get_prompts  # noqa: E402
 from rlcm.rewards import with_alignment_guard  # noqa: E402
@@ -36,10 +38,16 @@ from studio.settings import StudioSettings  # noqa: E402
 
 
 def main() -> None:
+    at = []
+    if "--at" in sys.argv:  # epochs before the last at which the round is measured too (one JSON line each)
+        i = sys.argv.index("--at")
+        at = [int(e) for e in sys.argv[i + 1].split(",")]
+        del sys.argv[i:i + 2]
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
     kl = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
+    oracle = load_rater(os.environ.get("PROBE_ORACLE", "warm_colours"))
     rm = reward_model.load(rm_dir)
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
@@ -54,25 +62,31 @@ def main() -> None:
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
                      checkpoint_every=10**6, lr=lr, kl_coef=kl)
-    t = time.time()
-    trainer = RLCMTrainer(cfg, reward_fn=scorer)
-    trainer.train()
-    train_s = time.time() - t
     prompts = [p for p in get_prompts("toy", "heldout", 32, seed=1)[:32] for _ in (0, 1)]
     seeds = [20_000 + i for i in range(len(prompts))]
-    tuned = trainer.sample_images(prompts, seeds)
     base = gen.generate(prompts, seeds, version=BASE)[0]
-    wins = oracle_wins(warm_colours, base, tuned, prompts)
-    fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
     cp, cs = checks.confirmation_set(128)
-    confirmed = checks.fidelity_change(checks.image_fidelity(gen.generate(cp, cs, version=BASE)[0], cp),
-                                       checks.image_fidelity(trainer.sample_images(cp, cs), cp))
-    print(json.dumps({"reward_model": Path(rm_dir).name, "guard": mode, "weight": k,
-                      "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epochs, "lr": lr,
-                      "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3), "n": len(wins),
-                      "kl_coef": kl, "fidelity_change_points": round(100 * (ft - fb), 1),
-                      "fidelity_confirmed_points": round(confirmed["change_points"], 1),
-                      "fidelity_confirmed_se": round(confirmed["se_points"], 1), "train_s": round(train_s)}))
+    base_confirm = checks.image_fidelity(gen.generate(cp, cs, version=BASE)[0], cp)
+    t = time.time()
+
+    def measure(trainer, epoch: int) -> None:
+        tuned = trainer.sample_images(prompts, seeds)
+        wins = oracle_wins(oracle, base, tuned, prompts)
+        fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
+        confirmed = checks.fidelity_change(base_confirm, checks.image_fidelity(trainer.sample_images(cp, cs), cp))
+        print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k,
+                          "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epoch,
+                          "lr": lr, "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3),
+                          "n": len(wins), "kl_coef": kl, "fidelity_change_points": round(100 * (ft - fb), 1),
+                          "fidelity_confirmed_points": round(confirmed["change_points"], 1),
+                          "fidelity_confirmed_se": round(confirmed["se_points"], 1),
+                          "train_s": round(time.time() - t)}), flush=True)
+
+    trainer = RLCMTrainer(cfg, reward_fn=scorer)
+    trainer.callbacks.append(lambda e: measure(trainer, e["epoch"]) if e["type"] == "epoch" and e["epoch"] in at
+                             and e["epoch"] < epochs else None)
+    trainer.train()
+    measure(trainer, epochs)
 
 
 if __name__ == "__main__":

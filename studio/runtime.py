@@ -29,7 +29,14 @@ from .serving import BASE, PairQueue, ServedGenerator
 from .settings import StudioSettings, write_json
 
 
+# an automatic round refused because the reward model is no better than chance is tried again after this many
+# new labels, not a whole `auto_round_every`: live loop, warm_colours, the first round started at 40 labels of 20
+AUTO_RETRY_LABELS = 5
 SERVED_ADAPTER = "served-adapter.safetensors"  # under rounds/<id>/: the weights people were shown, peft format
+
+
+class NoBetterThanChance(ValueError):
+    """A round refused because the freshly fitted reward model is no better than chance."""
 
 
 class Studio:
@@ -152,7 +159,8 @@ class Studio:
 
     def _maybe_auto_round(self) -> None:
         """Every `auto_round_every` new labels, when no round runs and no candidate waits for votes, start a
-        round in the background, unless the freshly fitted reward model is no better than chance."""
+        round in the background, unless the freshly fitted reward model is no better than chance (then the next
+        try comes AUTO_RETRY_LABELS labels later)."""
         n = self.settings.auto_round_every
         with self._gate_lock:
             labelled = self.store.counts()["labelled"]
@@ -164,6 +172,10 @@ class Studio:
             try:
                 self.start_round(by="auto")
                 self.auto_note = ""
+            except NoBetterThanChance as e:  # try again soon: a few more labels may be all the model needs
+                self.auto_note = f"automatic round not started: {e}"
+                with self._gate_lock:
+                    self._labels_at_last_round = labelled - n + AUTO_RETRY_LABELS
             except (RuntimeError, ValueError) as e:
                 self.auto_note = f"automatic round not started: {e}"
 
@@ -198,7 +210,7 @@ class Studio:
         except (OSError, RuntimeError, ValueError) as e:
             raise ValueError(f"cannot fit the reward model: {e}") from None
         if not metrics.get("better_than_chance", True) and not force:
-            raise ValueError(f"the reward model is no better than chance ({views.accuracy_text(metrics)}): a "
+            raise NoBetterThanChance(f"the reward model is no better than chance ({views.accuracy_text(metrics)}): a "
                              "round would learn noise. Rate more pairs, or start anyway")
         self._labels_at_last_round = labelled
         return self.rounds.start(by, reward_model=rm)

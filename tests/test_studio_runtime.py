@@ -147,3 +147,37 @@ def test_kl_units_from_the_environment(monkeypatch):
     monkeypatch.setenv("RLCM_KL_UNITS", "pixels")
     with pytest.raises(ValueError, match="valid: action, x0"):
         StudioSettings.from_env()
+
+
+def test_an_auto_round_refused_for_a_chance_level_reward_model_is_tried_again_after_a_few_labels(tmp_path):
+    """Two raters who always disagree leave the reward model at chance: the automatic round is refused, and the
+    next try comes AUTO_RETRY_LABELS labels later, not a whole `auto_round_every` later."""
+    import threading
+
+    from studio.runtime import AUTO_RETRY_LABELS
+
+    studio = make_studio(tmp_path, auto_round_every=10)
+    fits = lambda: len(list((tmp_path / "reward_models").glob("*.zip")))  # noqa: E731
+    tokens = {}
+
+    def vote(p, rater, choice):
+        row = studio.vote(studio.rater(rater, tokens.get(rater)), p["a"], p["b"], choice, str(uuid.uuid4()))
+        tokens[rater] = row["rater_token"]
+        for t in threading.enumerate():  # the automatic round's thread: fit the model, then refuse or start
+            if t.name == "auto-round":
+                t.join(timeout=120)
+
+    try:
+        for _ in range(5):  # 10 labels, every pair judged both ways
+            p = studio.next_pair()
+            vote(p, "ann", "a")
+            vote(p, "bob", "b")
+        assert fits() == 1 and not studio.rounds.running
+        assert "no better than chance" in studio.auto_note
+        for i in range(AUTO_RETRY_LABELS):
+            assert fits() == 1, f"tried again after {i} labels"
+            p = studio.next_pair()
+            vote(p, "ann" if i % 2 else "bob", "a" if i % 2 else "b")
+        assert fits() == 2 and not studio.rounds.running
+    finally:
+        studio.close()
