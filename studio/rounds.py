@@ -29,8 +29,9 @@ GUARD_PAIRS = 64  # rated pairs on which the alignment guard is scaled to the re
 class RoundRunner:
     def __init__(self, settings: StudioSettings, store, on_done, start_adapter=lambda: ("base", None)):
         self.settings, self.store = settings, store
-        # callback(round_id, lora_dir, reason) once a round has trained: reason says why it fails the automatic
-        # checks on its numbers (None: it goes on to the image checks and the vote)
+        # callback(round_id, lora_dir, reason, fallback) once a round has trained: reason says why it fails the
+        # automatic checks on its numbers (None: it goes on to the image checks and the vote); fallback is an
+        # earlier kept (epoch, lora_dir) to step back to if the handed-over one loses fidelity on new prompts
         self.on_done = on_done
         # () -> (served version, its adapter.safetensors or None for base): rounds build on what is served
         self.start_adapter = start_adapter
@@ -159,7 +160,9 @@ class RoundRunner:
                               fidelity_base=keeper.base)
             self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result)
             self._set(state="checking", result=result)
-            verdict, reason = self.on_done(rid, out / "lora", checks.reject_reason(trainer.history, out / "lora", result))
+            verdict, reason = self.on_done(rid, out / "lora", checks.reject_reason(trainer.history, out / "lora", result),
+                                           keeper.fallback(result["epoch_served"]))
+            shutil.rmtree(keeper.earlier_dir, ignore_errors=True)  # disk: one LoRA per round stays
             self._set(state="done", verdict=verdict, verdict_reason=reason)
         except Exception as e:  # the round fails; the served model and the database stay as they were
             self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
@@ -184,8 +187,9 @@ class RoundRunner:
 
 class FidelityKeeper:
     """Trainer callback: keeps the round's latest evaluated epoch whose toy prompt fidelity is within
-    checks.KEEP_FIDELITY_DROP points of the *base* model's on the same held-out prompts and seeds, and sets
-    `halt` once fidelity fell checks.MAX_FIDELITY_DROP below where the round started. Measured against the
+    checks.KEEP_FIDELITY_DROP points of the *base* model's on the same held-out prompts and seeds (the earlier
+    such epochs under `earlier_dir`), and sets `halt` once fidelity fell checks.MAX_FIDELITY_DROP below where
+    the round started. Measured against the
     base, not the round's start, so promoted rounds cannot add their allowances up. A weak reward model is
     exploited more with every epoch, so a round hands over its best safe epoch instead of being thrown away.
     Without a fidelity score (real models) it keeps nothing and the last epoch is handed over."""
@@ -198,6 +202,14 @@ class FidelityKeeper:
         note = self.directory / self.NOTE  # a resumed round remembers what it kept
         self.kept = json.loads(note.read_text()) if note.is_file() else None
         self.base: float | None = None  # the base model's fidelity on the round's evaluation prompts
+        self.earlier_dir = self.directory.with_name(self.directory.name + "-earlier")  # epoch-<n>/: older kept epochs
+
+    def fallback(self, before: int) -> tuple[int, Path] | None:
+        """The kept epoch nearest half of `before` (among those before it) and its LoRA: where the studio steps
+        back to when the handed-over epoch fails the fidelity confirmation on new prompts."""
+        kept = sorted((int(d.name.removeprefix("epoch-")), d) for d in self.earlier_dir.glob("epoch-*")
+                      if d.is_dir() and int(d.name.removeprefix("epoch-")) < before)
+        return min(kept, key=lambda item: (abs(item[0] - before / 2), -item[0])) if kept else None
 
     def __call__(self, e: dict) -> None:
         if e["type"] != "epoch" or "eval_fidelity" not in e:
@@ -214,8 +226,13 @@ class FidelityKeeper:
             tmp = self.directory.with_name(self.directory.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             self.trainer.save_lora(tmp)
+            earlier = self.kept
             self.kept = {"epoch": e["epoch"], "eval_fidelity": f, "base_fidelity": self.base}
             (tmp / self.NOTE).write_text(json.dumps(self.kept))
+            if earlier is not None and self.directory.is_dir():  # kept too: the studio may step back to it
+                self.earlier_dir.mkdir(exist_ok=True)
+                shutil.rmtree(self.earlier_dir / f"epoch-{earlier['epoch']}", ignore_errors=True)
+                os.replace(self.directory, self.earlier_dir / f"epoch-{earlier['epoch']}")
             shutil.rmtree(self.directory, ignore_errors=True)
             os.replace(tmp, self.directory)
         elif 100 * (min(start, self.base) - f) > checks.MAX_FIDELITY_DROP:

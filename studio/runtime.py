@@ -286,22 +286,36 @@ class Studio:
         verdict, reason = self._consider(rid, dst, checks.reject_reason([], dst, {}))
         return f"round-{rid}", verdict, reason
 
-    def _consider(self, rid: int, lora_dir: Path, reason: str | None) -> tuple[str, str | None]:
+    def _consider(self, rid: int, lora_dir: Path, reason: str | None,
+                  fallback: tuple[int, Path] | None = None) -> tuple[str, str | None]:
         """A trained round's verdict: rejected at once when its numbers or its images fail the automatic
-        checks, else a candidate on trial in A/B pairs. The served version never changes here."""
+        checks, else a candidate on trial in A/B pairs. The served version never changes here. When the
+        handed-over epoch fails the image checks (mostly: it lost prompt fidelity on new prompts), the round
+        steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`)."""
         version = f"round-{rid}"
         parent = (self.store.get_round(rid).get("config") or {}).get("init_version", BASE)
         if reason is None:
             try:  # loaded for the checks only: no A/B pair shows it, and no vote promotes it, before they pass
-                self.generator.set_candidate(version, lora_dir, trial=False)
                 self._render_compare(BASE, lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], only_new=True)
                 if parent != BASE and parent == self.generator.version:
                     self._render_compare(parent, lambda p, sd: self.generator.generate(p, sd, version=parent)[0],
                                          only_new=True)
-                self._render_compare(version, lambda p, sd: self.generator.generate(p, sd, version=version)[0])
-                reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
-                if reason is None and self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
-                    reason = self._confirm_fidelity(rid, version)
+                reason, lost = self._check_images(rid, version, lora_dir, parent), None
+                if reason is not None and fallback is not None:
+                    epoch, earlier = fallback
+                    lost = {"epoch": (self.store.get_round(rid).get("metrics") or {}).get("epoch_served"),
+                            "reason": reason}
+                    reason = self._check_images(rid, version, earlier, parent)
+                    if reason is None:
+                        tmp = lora_dir.with_name(lora_dir.name + ".tmp")
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        shutil.copytree(earlier, tmp)
+                        shutil.rmtree(lora_dir)
+                        os.replace(tmp, lora_dir)
+                        metrics = self.store.get_round(rid).get("metrics") or {}
+                        self.store.update_round(rid, metrics={**metrics, "epoch_served": epoch, "stepped_back_from": lost})
+                    else:
+                        reason = f"{lost['reason']}; at epoch {epoch}: {reason}"
             except Exception as e:  # unloadable or broken weights
                 reason = f"{type(e).__name__}: {e}"
             if reason is not None:
@@ -312,6 +326,16 @@ class Studio:
             self.generator.open_trial(version)
         self.queue.flush()
         return verdict, reason
+
+    def _check_images(self, rid: int, version: str, lora_dir: Path, parent: str) -> str | None:
+        """Load `lora_dir` as `version` for the checks (not on trial), render its Compare images and check them,
+        then confirm its prompt fidelity on new prompts: why it fails, or None."""
+        self.generator.set_candidate(version, lora_dir, trial=False)
+        self._render_compare(version, lambda p, sd: self.generator.generate(p, sd, version=version)[0])
+        reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
+        if reason is None and self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
+            reason = self._confirm_fidelity(rid, version)
+        return reason
 
     def _confirm_fidelity(self, rid: int, version: str) -> str | None:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's

@@ -109,10 +109,13 @@ def history_rows(rounds: list[dict]) -> list[dict]:
 
 
 def _epochs(m: dict) -> str:
-    """"16", or "8 of 16 (later epochs lost prompt fidelity)" when the round handed over an earlier epoch."""
+    """"16", or "8 of 16 (later epochs lost prompt fidelity)" when the round handed over an earlier epoch (or
+    stepped back to one after the fidelity confirmation)."""
     ran, kept = m.get("epochs"), m.get("epoch_served")
     if ran is None:
         return "–"
+    if m.get("stepped_back_from"):
+        return f"{kept} of {ran} (epoch {m['stepped_back_from']['epoch']} lost prompt fidelity on new prompts)"
     return f"{kept} of {ran} (later epochs lost prompt fidelity)" if kept is not None and kept < ran else str(ran)
 
 

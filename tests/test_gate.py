@@ -7,6 +7,8 @@ so each test runs in seconds; the full round path is tested in test_app.py.
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +205,42 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
     assert "pts (32 images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
 
 
+def _handed_over(studio, lora, epochs: int, served: int) -> tuple[int, Path]:
+    """A finished round in the store, as the round runner leaves it before its checks: `lora` is its LoRA."""
+    rid = studio.store.create_round({"by": "test", "init_version": "base", "init_lora": None})
+    dst = studio.settings.data_dir / "rounds" / str(rid) / "lora"
+    shutil.copytree(lora, dst)
+    studio.store.update_round(rid, status="done", lora_path=str(dst), metrics={"epochs": epochs, "epoch_served": served})
+    return rid, dst
+
+
+def test_a_round_that_loses_fidelity_on_new_prompts_steps_back_to_an_earlier_kept_epoch(studio, tmp_path):
+    """The keeper chose the handed-over epoch on the round's own 32 images; when the confirmation on new prompts
+    rejects it, the round is checked again at the earlier epoch its keeper also kept, and that one goes to the
+    vote (its LoRA now the round's), or the round is rejected with both reasons."""
+    from safetensors.torch import load_file
+
+    studio.settings.confirm_prompts = 16
+    loud, gentle = _lora(tmp_path / "loud", 0.4), _lora(tmp_path / "gentle", 0.02)
+    rid, dst = _handed_over(studio, loud, epochs=8, served=6)
+    verdict, reason = studio.rounds.on_done(rid, dst, None, (3, gentle))  # what the round runner calls
+    assert verdict == "candidate" and studio.generator.candidate == f"round-{rid}", reason
+    m = studio.store.get_round(rid)["metrics"]
+    assert m["epoch_served"] == 3 and m["stepped_back_from"]["epoch"] == 6
+    assert "prompt fidelity on 32 new images" in m["stepped_back_from"]["reason"]
+    assert m["fidelity_confirmed"]["change_points"] >= -2  # the earlier epoch's confirmation
+    want = load_file(gentle / "pytorch_lora_weights.safetensors")
+    got = load_file(dst / "pytorch_lora_weights.safetensors")  # served from here once people promote it
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert "3 of 8 (epoch 6 lost prompt fidelity" in studio.train_view()[1][0]["epochs"]
+    studio.reject(f"round-{rid}", "test")
+    # both epochs too far from the base: rejected, saying why for each
+    rid, dst = _handed_over(studio, loud, epochs=8, served=6)
+    verdict, reason = studio.rounds.on_done(rid, dst, None, (3, _lora(tmp_path / "loud2", 0.3)))
+    assert verdict == "rejected" and reason.count("prompt fidelity on 32 new images") == 2 and "at epoch 3" in reason
+    assert studio.generator.candidate is None and studio.versions() == ["base"]
+
+
 def test_no_vote_sees_a_version_before_its_checks_pass(studio, tmp_path, monkeypatch):
     """While the confirmation renders (seconds to a minute), the Rate queue must not show the version in A/B
     pairs, or votes could promote a round its checks then reject (seen in a live-loop run)."""
@@ -316,3 +354,37 @@ def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
     assert kept.keys() == want.keys() and all(torch.equal(kept[k], want[k].float()) for k in kept)
     if max(drops.values()) > checks.MAX_FIDELITY_DROP:  # halted: no epoch ran past the collapse
         assert trainer.epoch == min(e for e, d in drops.items() if d > checks.MAX_FIDELITY_DROP)
+
+
+def test_the_keeper_also_keeps_earlier_safe_epochs_to_step_back_to(tmp_path):
+    """At a tiny step size every epoch keeps fidelity: the latest is handed over, each earlier one is kept beside
+    it with its own weights, and the step-back choice is the one nearest half the handed-over epoch."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file
+
+    from rlcm.lora import lora_state
+    from rlcm.trainer import RLCMConfig, RLCMTrainer
+    from studio.rounds import FidelityKeeper
+
+    cfg = RLCMConfig(model=str(MODELS / "toy-lcm"), prompt_set="toy", epochs=5, prompts_per_epoch=2,
+                     images_per_prompt=4, sample_batch_size=8, train_batch_size=8, eval_every=1, eval_prompts=8,
+                     lr=1e-4, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3)
+    trainer = RLCMTrainer(cfg, reward_fn=lambda images, prompts: -np.array([np.asarray(im, np.float32).mean()
+                                                                            for im in images]))
+    states = {}
+    trainer.callbacks.append(lambda e: e["type"] == "epoch" and states.__setitem__(
+        e["epoch"], {k: v.detach().clone() for k, v in lora_state(trainer.unet).items()}))
+    keeper = FidelityKeeper(trainer, tmp_path / "kept")
+    trainer.callbacks.append(keeper)
+    trainer.train(stop=keeper.halt)
+    assert keeper.kept["epoch"] == 5
+    assert sorted(d.name for d in keeper.earlier_dir.iterdir()) == [f"epoch-{e}" for e in (1, 2, 3, 4)]
+    for e in (1, 2, 3, 4):
+        got = load_file(keeper.earlier_dir / f"epoch-{e}" / "pytorch_lora_weights.safetensors")
+        want = convert_state_dict_to_diffusers(states[e])
+        assert all(torch.equal(got["unet." + k], want[k].float()) for k in want), e
+    assert not torch.equal(load_file(keeper.earlier_dir / "epoch-1" / "pytorch_lora_weights.safetensors")[k0 := next(
+        iter(load_file(keeper.earlier_dir / "epoch-4" / "pytorch_lora_weights.safetensors")))],
+        load_file(keeper.earlier_dir / "epoch-4" / "pytorch_lora_weights.safetensors")[k0])  # each its own weights
+    assert keeper.fallback(5) == (3, keeper.earlier_dir / "epoch-3")  # 2 and 3 are as near 2.5: the later
+    assert keeper.fallback(4) == (2, keeper.earlier_dir / "epoch-2") and keeper.fallback(1) is None
