@@ -319,38 +319,45 @@ def test_the_served_lora_exports_for_diffusers_and_pushes_to_its_repos(studio, t
         studio.push("everything", "me/x", api=api)
 
 
-def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
-    """A reward that pays for darkness wrecks the toy's prompt fidelity within a few epochs at this step size:
-    the keeper holds the LoRA of the latest evaluated epoch within KEEP_FIDELITY_DROP points of the base model
-    (measured with the adapters off), and halts the round once fidelity fell past MAX_FIDELITY_DROP."""
+def _dark_round(tmp_path, epochs: int, lr: float):
+    """A toy round on a reward that pays for darkness, with a FidelityKeeper evaluating every epoch:
+    (trainer, keeper, {epoch: the LoRA's peft state after it}, loaded safetensors files in diffusers form)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from safetensors.torch import load_file
 
     from rlcm.lora import lora_state
     from rlcm.trainer import RLCMConfig, RLCMTrainer
-    from studio import checks
     from studio.rounds import FidelityKeeper
 
-    cfg = RLCMConfig(model=str(MODELS / "toy-lcm"), prompt_set="toy", epochs=8, prompts_per_epoch=2,
+    cfg = RLCMConfig(model=str(MODELS / "toy-lcm"), prompt_set="toy", epochs=epochs, prompts_per_epoch=2,
                      images_per_prompt=4, sample_batch_size=8, train_batch_size=8, eval_every=1, eval_prompts=8,
-                     lr=0.01, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3)
+                     lr=lr, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3)
     dark = lambda images, prompts: -np.array([np.asarray(im, np.float32).mean() for im in images])  # noqa: E731
     trainer = RLCMTrainer(cfg, reward_fn=dark)
     states = {}
     trainer.callbacks.append(lambda e: e["type"] == "epoch" and states.__setitem__(
-        e["epoch"], {k: v.detach().clone() for k, v in lora_state(trainer.unet).items()}))
+        e["epoch"], convert_state_dict_to_diffusers({k: v.detach().clone() for k, v in lora_state(trainer.unet).items()})))
     keeper = FidelityKeeper(trainer, tmp_path / "kept")
     trainer.callbacks.append(keeper)
     trainer.train(stop=keeper.halt)
+    load = lambda d: {k.removeprefix("unet."): v for k, v in load_file(d / "pytorch_lora_weights.safetensors").items()}  # noqa: E731
+    return trainer, keeper, states, load
+
+
+def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
+    """A reward that pays for darkness wrecks the toy's prompt fidelity within a few epochs at this step size:
+    the keeper holds the LoRA of the latest evaluated epoch within KEEP_FIDELITY_DROP points of the base model
+    (measured with the adapters off), and halts the round once fidelity fell past MAX_FIDELITY_DROP."""
+    from studio import checks
+
+    trainer, keeper, states, load = _dark_round(tmp_path, epochs=8, lr=0.01)
     fid = {r["epoch"]: 100 * r["eval_fidelity"] for r in trainer.history if "eval_fidelity" in r}
     assert 100 * keeper.base == fid[0]  # the LoRA starts at zero: the base model's images, the same fidelity
     drops = {e: 100 * keeper.base - f for e, f in fid.items() if e > 0}
     assert max(drops.values()) > checks.KEEP_FIDELITY_DROP, fid  # fidelity did fall: the keeper had work to do
     safe = [e for e, d in drops.items() if d <= checks.KEEP_FIDELITY_DROP]
     assert safe and keeper.kept["epoch"] == max(safe) < trainer.epoch, fid
-    kept = load_file(tmp_path / "kept" / "pytorch_lora_weights.safetensors")
-    kept = {k.removeprefix("unet."): v for k, v in kept.items()}
-    want = convert_state_dict_to_diffusers(states[keeper.kept["epoch"]])
+    kept, want = load(tmp_path / "kept"), states[keeper.kept["epoch"]]
     assert kept.keys() == want.keys() and all(torch.equal(kept[k], want[k].float()) for k in kept)
     if max(drops.values()) > checks.MAX_FIDELITY_DROP:  # halted: no epoch ran past the collapse
         assert trainer.epoch == min(e for e, d in drops.items() if d > checks.MAX_FIDELITY_DROP)
@@ -359,32 +366,13 @@ def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
 def test_the_keeper_also_keeps_earlier_safe_epochs_to_step_back_to(tmp_path):
     """At a tiny step size every epoch keeps fidelity: the latest is handed over, each earlier one is kept beside
     it with its own weights, and the step-back choice is the one nearest half the handed-over epoch."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from safetensors.torch import load_file
-
-    from rlcm.lora import lora_state
-    from rlcm.trainer import RLCMConfig, RLCMTrainer
-    from studio.rounds import FidelityKeeper
-
-    cfg = RLCMConfig(model=str(MODELS / "toy-lcm"), prompt_set="toy", epochs=5, prompts_per_epoch=2,
-                     images_per_prompt=4, sample_batch_size=8, train_batch_size=8, eval_every=1, eval_prompts=8,
-                     lr=1e-4, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3)
-    trainer = RLCMTrainer(cfg, reward_fn=lambda images, prompts: -np.array([np.asarray(im, np.float32).mean()
-                                                                            for im in images]))
-    states = {}
-    trainer.callbacks.append(lambda e: e["type"] == "epoch" and states.__setitem__(
-        e["epoch"], {k: v.detach().clone() for k, v in lora_state(trainer.unet).items()}))
-    keeper = FidelityKeeper(trainer, tmp_path / "kept")
-    trainer.callbacks.append(keeper)
-    trainer.train(stop=keeper.halt)
+    trainer, keeper, states, load = _dark_round(tmp_path, epochs=5, lr=1e-4)
     assert keeper.kept["epoch"] == 5
     assert sorted(d.name for d in keeper.earlier_dir.iterdir()) == [f"epoch-{e}" for e in (1, 2, 3, 4)]
     for e in (1, 2, 3, 4):
-        got = load_file(keeper.earlier_dir / f"epoch-{e}" / "pytorch_lora_weights.safetensors")
-        want = convert_state_dict_to_diffusers(states[e])
-        assert all(torch.equal(got["unet." + k], want[k].float()) for k in want), e
-    assert not torch.equal(load_file(keeper.earlier_dir / "epoch-1" / "pytorch_lora_weights.safetensors")[k0 := next(
-        iter(load_file(keeper.earlier_dir / "epoch-4" / "pytorch_lora_weights.safetensors")))],
-        load_file(keeper.earlier_dir / "epoch-4" / "pytorch_lora_weights.safetensors")[k0])  # each its own weights
+        got = load(keeper.earlier_dir / f"epoch-{e}")
+        assert got.keys() == states[e].keys() and all(torch.equal(got[k], states[e][k].float()) for k in got), e
+    first, last = load(keeper.earlier_dir / "epoch-1"), load(keeper.earlier_dir / "epoch-4")
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # each epoch its own weights
     assert keeper.fallback(5) == (3, keeper.earlier_dir / "epoch-3")  # 2 and 3 are as near 2.5: the later
     assert keeper.fallback(4) == (2, keeper.earlier_dir / "epoch-2") and keeper.fallback(1) is None
