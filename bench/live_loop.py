@@ -38,8 +38,7 @@ from feedback import load_rater  # noqa: E402
 from feedback.pairs import LABEL  # noqa: E402
 from results import results_path, update_section  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
-from rlcm.toy.checker import fidelity  # noqa: E402
-from studio import gate  # noqa: E402
+from studio import checks, gate  # noqa: E402
 from studio.runtime import Studio  # noqa: E402
 from studio.serving import BASE  # noqa: E402
 from studio.settings import RANGES, StudioSettings, coerce  # noqa: E402
@@ -100,8 +99,10 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict
     rec = gate.Record(sum(w == 1.0 for w in wins), sum(w == 0.0 for w in wins), sum(w == 0.5 for w in wins))
     out = {"served_version": served, "served_win_rate": float(np.mean(wins)), "served_win_rate_n": len(wins),
            "served_win_rate_interval90": rec.interval(0.9)}
-    fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
-    out.update(fidelity_base=fb, fidelity_served=ft, fidelity_change_points=100 * (ft - fb))
+    fb, ft = checks.image_fidelity(base, prompts), checks.image_fidelity(tuned, prompts)
+    change = checks.fidelity_change(fb, ft)  # paired: the same prompts and seeds
+    out.update(fidelity_base=float(fb.mean()), fidelity_served=float(ft.mean()),
+               fidelity_change_points=change["change_points"], fidelity_change_se_points=change["se_points"])
     if rm is not None:  # the reward model's accuracy under the oracle on base pairs of prompts it never saw
         pairs = [(base[i], base[i + 1], prompts[i]) for i in range(0, len(base), 2)]
         truth = [oracle(a, b, p) for a, b, p in pairs]
@@ -135,7 +136,7 @@ def section(report: dict, settings: StudioSettings, oracle: str, note: str = "")
             f"| oracle win rate, served over base (n={report['served_win_rate_n']}, ties half; 90% interval) | "
             f"{report['served_win_rate']:.3f} ({lo:.2f}–{hi:.2f}) |\n"
             f"| prompt fidelity base -> served | {100 * report['fidelity_base']:.1f}% -> "
-            f"{100 * report['fidelity_served']:.1f}% ({report['fidelity_change_points']:+.1f} points) |\n"
+            f"{100 * report['fidelity_served']:.1f}% ({_change(report)} points) |\n"
             + (f"| reward model: own cross-validated accuracy (n={report.get('rm_accuracy_n')}) | "
                f"{report.get('rm_accuracy') or 0:.3f} |\n"
                f"| reward model: accuracy on held-out prompts (n={report.get('rm_accuracy_heldout_prompts_n')}, "
@@ -144,6 +145,12 @@ def section(report: dict, settings: StudioSettings, oracle: str, note: str = "")
                f"{report['next_pair_ms_p95']:.1f} ms |\n" if report.get("next_pair_ms_p50") is not None else "")
             + (f"| wall clock | {report['wall_s'] / 60:.1f} min |\n" if report.get("wall_s") else "")
             + "\nRounds: " + "; ".join(report["round_verdicts"] or ["none"]))
+
+
+def _change(report: dict) -> str:
+    """The fidelity change in points, with its paired standard error where the report has one."""
+    se = report.get("fidelity_change_se_points")
+    return f"{report['fidelity_change_points']:+.1f}" + (f" ± {se:.1f}" if se is not None else "")
 
 
 LEARNABLE = {"warm_colours", "big_centred", "noisy_warm_colours", "noisy_big_centred"}
@@ -164,7 +171,7 @@ def table(reports: list[dict]) -> str:
         rows.append(f"| {r['oracle']} | {r['labels']} ({r['gate_labels']}) | {r['rounds_started']} / "
                     f"{r['rounds_promoted']} / {r['rounds_rejected']} | {r['served_version']} | "
                     f"{r['served_win_rate']:.3f} ({lo:.2f}–{hi:.2f}), {r['served_win_rate_n']} | "
-                    f"{r['fidelity_change_points']:+.1f} | {rm} | {'yes' if never_worse else '**no**'} | {met} |")
+                    f"{_change(r)} | {rm} | {'yes' if never_worse else '**no**'} | {met} |")
     return "\n".join(rows)
 
 
@@ -174,13 +181,18 @@ def main() -> None:
                     help="write the summary table of these report-N.json files (from --work-dir) and stop")
     ap.add_argument("--title", default="every shipped rater", help="the --table section's title (after 'Live loop "
                     "(studio): ')")
+    ap.add_argument("--remeasure", nargs="+", metavar="REPORT", default=None,
+                    help="evaluate these report-N.json files' served versions again (their --work-dir studios) on "
+                         "--eval-prompts, update the files and stop")
     ap.add_argument("--oracle", help="rater: file.py:function, module:function or a shipped name")
     ap.add_argument("--labels", type=int, default=100, help="labels in all, A/B votes included")
     ap.add_argument("--pace", type=float, default=2.0, help="seconds between labels")
     ap.add_argument("--minutes", type=float, default=30.0, help="stop after this long in any case")
     ap.add_argument("--report-at", type=int, nargs="*", default=[],
                     help="also report what a run stopped after this many labels serves (e.g. 100 of 300)")
-    ap.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts, 2 seeds each")
+    ap.add_argument("--eval-prompts", type=int, default=128,
+                    help="held-out prompts, 2 seeds each (128: win rate's 90%% interval about ±0.05, fidelity's "
+                         "standard error about 1 point)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-dir", default=None, help="the studio's data directory (default: temp)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
@@ -193,10 +205,14 @@ def main() -> None:
                  "per 2 s on the 2-core CPU; each run's details are in its report files (--work-dir). The 100-label "
                  "rows are measured inside the 300-label runs when the 100th label was spent (`--report-at 100`): the "
                  "version served then, evaluated at the end. Win rate: the rater's preference for the served version "
-                 "over the base on 32 held-out prompts x 2 seeds (ties half). Never worse: the win rate's 90% interval "
+                 "over the base on held-out prompts x 2 seeds (n in the table; ties half). Never worse: the win rate's 90% interval "
                  "reaches 0.5 and prompt fidelity is within 2 points of the base. Target (learnable tastes): served "
                  "win rate >= 0.80 at 100 labels, >= 0.90 at 300.\n\n")
         print(update_section(f"Live loop (studio): {args.title}", intro + table(reports), results_path(args.quick)))
+        return
+    if args.remeasure:
+        for f in args.remeasure:
+            print(json.dumps(remeasure(Path(f), args.eval_prompts, args.seed)))
         return
     if not args.oracle:
         ap.error("--oracle is required")
@@ -246,6 +262,28 @@ def main() -> None:
                               section(report, settings, args.oracle, note), results_path(args.quick or bool(args.set)))
         print(f"wrote {path}")
         print(json.dumps(report))  # the last line is the full run's report
+
+
+def remeasure(path: Path, n_prompts: int, seed: int) -> dict:
+    """A finished run's report with its served version evaluated again on `n_prompts` held-out prompts x 2
+    seeds (its studio directory opened without workers). The reward model's held-out figure is measured again
+    only for the full run's report (the studio restores its latest reward model, not an earlier one)."""
+    report = json.loads(path.read_text())
+    studio = Studio(StudioSettings(data_dir=path.parent, admin_password=uuid.uuid4().hex, snapshot_every_s=0),
+                    start_workers=False)
+    try:
+        full = all(int(p.stem.split("-")[1]) <= report["labels"] for p in path.parent.glob("report-*.json"))
+        if report["served_version"] != studio.generator.version:
+            studio.activate(report["served_version"], by="bench")
+        new = evaluate(studio, load_rater(report["oracle"]), n_prompts, seed, studio.rounds.reward_model if full else None)
+    finally:
+        studio.close()
+    if not full:  # an earlier report's held-out reward-model figure belongs to its own reward model
+        report.pop("rm_accuracy_heldout_prompts", None)
+        report.pop("rm_accuracy_heldout_prompts_n", None)
+    report.update({k: round(v, 4) if isinstance(v, float) else v for k, v in new.items()})
+    path.write_text(json.dumps(report, indent=1))
+    return report
 
 
 def rm_info(rm) -> dict:

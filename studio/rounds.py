@@ -26,6 +26,17 @@ from .settings import StudioSettings, write_json
 GUARD_PAIRS = 64  # rated pairs on which the alignment guard is scaled to the reward model (relative weight)
 
 
+def replace_lora(dst: Path, src: Path) -> None:
+    """`dst` becomes a copy of the LoRA directory `src` (without the keeper's note): copied beside it first,
+    then swapped in, so `dst` holds one epoch's weights or the other's, never a mix."""
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(FidelityKeeper.NOTE))
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
 class RoundRunner:
     def __init__(self, settings: StudioSettings, store, on_done, start_adapter=lambda: ("base", None)):
         self.settings, self.store = settings, store
@@ -148,8 +159,7 @@ class RoundRunner:
             handed = ev[-1] if ev else {}
             if keeper.kept is not None and keeper.kept["epoch"] < trainer.epoch:  # later epochs lost fidelity
                 handed = next(r for r in ev if r["epoch"] == keeper.kept["epoch"])
-                shutil.rmtree(out / "lora")
-                shutil.copytree(out / "lora-kept", out / "lora", ignore=shutil.ignore_patterns(FidelityKeeper.NOTE))
+                replace_lora(out / "lora", out / "lora-kept")
             result = {"reward_model": rm_metrics, "guard_weight": getattr(scorer, "guard_weight", 0.0),
                       "epochs": trainer.epoch, "epoch_served": handed.get("epoch", trainer.epoch),
                       "train_seconds": trainer.train_seconds,
@@ -233,7 +243,8 @@ class FidelityKeeper:
                 self.earlier_dir.mkdir(exist_ok=True)
                 shutil.rmtree(self.earlier_dir / f"epoch-{earlier['epoch']}", ignore_errors=True)
                 os.replace(self.directory, self.earlier_dir / f"epoch-{earlier['epoch']}")
-            shutil.rmtree(self.directory, ignore_errors=True)
+            else:
+                shutil.rmtree(self.directory, ignore_errors=True)
             os.replace(tmp, self.directory)
         elif 100 * (min(start, self.base) - f) > checks.MAX_FIDELITY_DROP:
             self.halt.set()

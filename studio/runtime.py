@@ -24,7 +24,7 @@ from feedback.store import FeedbackStore
 from rlcm.prompts import get_prompts
 
 from . import checks, gate, views
-from .rounds import RoundRunner
+from .rounds import RoundRunner, replace_lora
 from .serving import BASE, PairQueue, ServedGenerator
 from .settings import StudioSettings, write_json
 
@@ -307,11 +307,7 @@ class Studio:
                             "reason": reason}
                     reason = self._check_images(rid, version, earlier, parent)
                     if reason is None:
-                        tmp = lora_dir.with_name(lora_dir.name + ".tmp")
-                        shutil.rmtree(tmp, ignore_errors=True)
-                        shutil.copytree(earlier, tmp)
-                        shutil.rmtree(lora_dir)
-                        os.replace(tmp, lora_dir)
+                        replace_lora(lora_dir, earlier)
                         metrics = self.store.get_round(rid).get("metrics") or {}
                         self.store.update_round(rid, metrics={**metrics, "epoch_served": epoch, "stepped_back_from": lost})
                     else:
