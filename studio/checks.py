@@ -16,6 +16,10 @@ KEEP_FIDELITY_DROP = 2.0
 # Before a vote, a finished round's toy prompt fidelity is measured again on new held-out prompts (x2 seeds, the
 # same seeds for base and candidate): the keeper chose its epoch on the round's own 32 images, so that figure is
 # biased up. Table rounds measured +0.3 there and -8.7 points on 512 new images (RESULTS, "Confirming fidelity").
+# ... and it must be above -KEEP_FIDELITY_DROP by this many of its standard errors: a round that passed at -1.9 on
+# 256 images (SE 1.0) measured -2.4 on 256 other ones (big_centred live loop, runs/table5), and every round that
+# passes a noisy threshold is biased to have been measured lucky
+CONFIRM_MARGIN_SE = 1.0
 CONFIRM_SEED = 1_000_003  # prompt draw of the confirmation set: not the rounds' (round id + 1) nor Compare's (7)
 
 
@@ -100,8 +104,11 @@ def fidelity_change(base: np.ndarray, candidate: np.ndarray) -> dict:
 
 
 def confirm_reason(change: dict) -> str | None:
-    """Why a candidate's confirmed fidelity change is too large a loss to put it to a vote, or None."""
-    if change["change_points"] < -KEEP_FIDELITY_DROP:
+    """Why a candidate's confirmed fidelity change is too large a loss to put it to a vote, or None: it must be
+    above -KEEP_FIDELITY_DROP points by CONFIRM_MARGIN_SE standard errors (about 84% sure it is within them)."""
+    limit = -KEEP_FIDELITY_DROP + CONFIRM_MARGIN_SE * change["se_points"]
+    if change["change_points"] < limit:
         return (f"prompt fidelity on {change['n']} new images is {change['change_points']:+.1f} "
-                f"± {change['se_points']:.1f} points against the base model's (limit -{KEEP_FIDELITY_DROP:g})")
+                f"± {change['se_points']:.1f} points against the base model's (limit -{KEEP_FIDELITY_DROP:g} "
+                f"+ {CONFIRM_MARGIN_SE:g} standard error = {limit:+.1f})")
     return None

@@ -183,26 +183,39 @@ def test_the_base_itself_and_a_nan_lora_are_rejected_before_any_vote(studio, tmp
 def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_before_any_vote(studio, tmp_path):
     from studio import checks
 
-    studio.settings.confirm_prompts = 16
+    studio.settings.confirm_prompts = 64
     loud = _lora(tmp_path / "loud", 0.4)
     version, verdict, reason = studio.submit_candidate(loud)
-    assert verdict == "rejected" and "prompt fidelity on 32 new images" in reason, reason
+    assert verdict == "rejected" and "prompt fidelity on 128 new images" in reason, reason
     change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
     # recomputed here: the same prompts and seeds, each version's images scored by the toy checker
-    prompts, seeds = checks.confirmation_set(16)
+    prompts, seeds = checks.confirmation_set(64)
     studio.generator.set_candidate(version, loud)
     base, tuned = (checks.image_fidelity(studio.generator.generate(prompts, seeds, version=v)[0], prompts)
                    for v in ("base", version))
     studio.generator.set_candidate(None)
-    assert change["n"] == 32 and change["change_points"] == pytest.approx(100 * (tuned - base).mean())
+    assert change["n"] == 128 and change["change_points"] == pytest.approx(100 * (tuned - base).mean())
     assert change["change_points"] < -checks.KEEP_FIDELITY_DROP
     assert studio.generator.candidate is None and studio.versions() == ["base"]
     # a gentle LoRA passes the same check and goes to the vote, its change recorded beside the round
     version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "gentle", 0.02))
     assert verdict == "candidate", reason
     ok = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
-    assert ok["change_points"] >= -checks.KEEP_FIDELITY_DROP
-    assert "pts (32 images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
+    assert ok["change_points"] >= -checks.KEEP_FIDELITY_DROP + checks.CONFIRM_MARGIN_SE * ok["se_points"]
+    assert "pts (128 images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
+
+
+def test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit():
+    from studio import checks
+
+    limit = checks.KEEP_FIDELITY_DROP
+    # just inside the limit on a precise measurement: goes to the vote
+    assert checks.confirm_reason({"change_points": -limit + 0.1, "se_points": 0.05, "n": 4096}) is None
+    # the same figure measured with a standard error of 1 point could well be beyond it: rejected
+    noisy = checks.confirm_reason({"change_points": -limit + 0.1, "se_points": 1.0, "n": 256})
+    assert noisy is not None and "-1.9 ± 1.0 points" in noisy and "= -1.0" in noisy, noisy
+    assert checks.confirm_reason({"change_points": 0.5, "se_points": 1.0, "n": 256}) is None
+    assert checks.confirm_reason({"change_points": -limit - 0.1, "se_points": 0.0, "n": 256}) is not None
 
 
 def _handed_over(studio, lora, epochs: int, served: int) -> tuple[int, Path]:
@@ -220,14 +233,14 @@ def test_a_round_that_loses_fidelity_on_new_prompts_steps_back_to_an_earlier_kep
     vote (its LoRA now the round's), or the round is rejected with both reasons."""
     from safetensors.torch import load_file
 
-    studio.settings.confirm_prompts = 16
+    studio.settings.confirm_prompts = 64
     loud, gentle = _lora(tmp_path / "loud", 0.4), _lora(tmp_path / "gentle", 0.02)
     rid, dst = _handed_over(studio, loud, epochs=8, served=6)
     verdict, reason = studio.rounds.on_done(rid, dst, None, (3, gentle))  # what the round runner calls
     assert verdict == "candidate" and studio.generator.candidate == f"round-{rid}", reason
     m = studio.store.get_round(rid)["metrics"]
     assert m["epoch_served"] == 3 and m["stepped_back_from"]["epoch"] == 6
-    assert "prompt fidelity on 32 new images" in m["stepped_back_from"]["reason"]
+    assert "prompt fidelity on 128 new images" in m["stepped_back_from"]["reason"]
     assert m["fidelity_confirmed"]["change_points"] >= -2  # the earlier epoch's confirmation
     want = load_file(gentle / "pytorch_lora_weights.safetensors")
     got = load_file(dst / "pytorch_lora_weights.safetensors")  # served from here once people promote it
@@ -237,7 +250,7 @@ def test_a_round_that_loses_fidelity_on_new_prompts_steps_back_to_an_earlier_kep
     # both epochs too far from the base: rejected, saying why for each
     rid, dst = _handed_over(studio, loud, epochs=8, served=6)
     verdict, reason = studio.rounds.on_done(rid, dst, None, (3, _lora(tmp_path / "loud2", 0.3)))
-    assert verdict == "rejected" and reason.count("prompt fidelity on 32 new images") == 2 and "at epoch 3" in reason
+    assert verdict == "rejected" and reason.count("prompt fidelity on 128 new images") == 2 and "at epoch 3" in reason
     assert studio.generator.candidate is None and studio.versions() == ["base"]
 
 
