@@ -128,7 +128,8 @@ class StudioSettings:
     round_prompts: int = 16
     round_eval_prompts: int = 32  # held-out prompts (1 seed) of a round's reward and fidelity evaluations
     # toy prompt set: new held-out prompts (x2 seeds) on which a finished round's fidelity is confirmed against
-    # the base before a vote (studio.checks.confirm_reason); 0: off. 256 images: standard error ~1.1 points
+    # the base before a vote (studio.checks.confirm_reason); 0: off. 256 images: standard error ~1.1 points, so the
+    # change must be above about -1 (-2 + one standard error); fewer images make the check stricter
     confirm_prompts: int = 128
     # RLCM_ROUND_LR: LoRA learning rate of rounds (one AdamW step per epoch). Toy, warm_colours, 30 labels,
     # 12 epochs: 5e-4 left images unchanged to the oracle (win 0.50), 3e-3 won 0.64, 1e-2 collapsed fidelity
