@@ -91,6 +91,10 @@ class RoundRunner:
             p["rows"] = list(p.get("rows", []))
             return p
 
+    def set_state(self, state: str) -> None:
+        """What the Train tab says the round does now (e.g. while its checks wait)."""
+        self._set(state=state)
+
     def _set(self, **kw) -> None:
         with self.lock:
             self.progress.update(kw)

@@ -59,7 +59,7 @@ class Studio:
         self.generator = ServedGenerator(s)
         self.prompts = get_prompts(s.prompt_set, "train", 64 if s.prompt_set == "toy" else None)
         self.compare_prompts = get_prompts(s.prompt_set, "heldout", s.compare_prompts, seed=7)[: s.compare_prompts]
-        self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._served_adapter)
+        self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._start_adapter)
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
                                reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
                                ab_fraction=s.ab_fraction, keep_unrated=s.keep_unrated)
@@ -73,12 +73,14 @@ class Studio:
         self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
         self._compare_scores: dict[tuple, dict] = {}  # (version, reward model, image mtimes) -> reward, fidelity
         self._base_fidelity: dict[tuple, np.ndarray] = {}  # (steps, guidance, images) -> base's per-image fidelity
+        self._base_lock = threading.Lock()  # the warm-up and a round's checks compute the base's scores once
         self._restore_active()
         self._restore_candidate()
         self._restore_reward_model()
         if start_workers:
             self.queue.start()
             self._resume_interrupted()
+            threading.Thread(target=self._warm_up, daemon=True, name="warm-up").start()
             if s.snapshot_every_s and s.backup_dir:
                 threading.Thread(target=self._snapshot_loop, daemon=True, name="snapshots").start()
 
@@ -158,13 +160,16 @@ class Studio:
         return stats.get(rater, 0), self.store.counts()["comparisons"]
 
     def _maybe_auto_round(self) -> None:
-        """Every `auto_round_every` new labels, when no round runs and no candidate waits for votes, start a
-        round in the background, unless the freshly fitted reward model is no better than chance (then the next
-        try comes AUTO_RETRY_LABELS labels later)."""
+        """Every `auto_round_every` new labels, when no round runs, start a round in the background (from the
+        candidate on trial, if any, at most once per candidate: see `_start_adapter`), unless the freshly fitted
+        reward model is no better than chance (then the next try comes AUTO_RETRY_LABELS labels later)."""
         n = self.settings.auto_round_every
         with self._gate_lock:
             labelled = self.store.counts()["labelled"]
-            if not n or labelled - self._labels_at_last_round < n or self.rounds.running or self.generator.candidate:
+            if not n or labelled - self._labels_at_last_round < n or self.rounds.running:
+                return
+            cand = self.generator.candidate
+            if cand and any((r.get("config") or {}).get("init_version") == cand for r in self.store.rounds()):
                 return
             self._labels_at_last_round = labelled
 
@@ -193,18 +198,16 @@ class Studio:
     # ------------------------------------------------------------ rounds
 
     def start_round(self, by: str, force: bool = False) -> int:
-        """Refit the reward model, then train a round from the served version in the background.
+        """Refit the reward model, then train a round in the background from the served version, or from the
+        candidate while one is on trial (kept only if people promote that candidate: see `_start_adapter`).
 
-        Refused (ValueError) while a candidate waits for votes, and when the reward model is no better than
-        chance on its held-out pairs, unless `force` (an admin who has read the warning)."""
+        Refused (ValueError) when the reward model is no better than chance on its held-out pairs, unless
+        `force` (an admin who has read the warning)."""
         labelled = self.store.counts()["labelled"]
         if labelled < 8:
             raise ValueError(f"need at least 8 labelled pairs to fit a reward model, have {labelled}")
         if self.rounds.running:
             raise ValueError("a fine-tune round is already running")
-        if self.generator.candidate and not force:
-            raise ValueError(f"{self.generator.candidate} is still waiting for people's votes; "
-                             "promote or reject it first")
         try:
             rm, metrics, _, _ = self.rounds.fit_reward_model()
         except (OSError, RuntimeError, ValueError) as e:
@@ -245,11 +248,16 @@ class Studio:
         return version
 
     def reject(self, version: str, reason: str) -> None:
-        """End `version`'s trial: it is never served (the served version stays)."""
+        """End `version`'s trial: it is never served (the served version stays). A round training ahead from
+        it is cancelled, and the next automatic round may start at once, from the served version."""
         rid, _ = self._round_version(version)
         self.store.update_round(rid, verdict="rejected", verdict_reason=reason)
         if self.generator.candidate == version:
             self.generator.set_candidate(None)
+        running = self.rounds.snapshot().get("round") if self.rounds.running else None
+        if running and (self.store.get_round(running).get("config") or {}).get("init_version") == version:
+            self.rounds.cancel()
+            self._labels_at_last_round = -self.settings.auto_round_every
         self.queue.flush()
 
     def check_gate(self) -> tuple[str, str]:
@@ -277,7 +285,7 @@ class Studio:
             raise ValueError(f"no LoRA weights (*.safetensors) in {lora_dir.name}")
         if self.generator.candidate:
             raise ValueError(f"{self.generator.candidate} is still on trial; promote or reject it first")
-        served, init = self._served_adapter()
+        served, init = self._start_adapter()  # the served version: no candidate is on trial here
         rid = self.store.create_round({"by": by, "submitted": True, "init_version": served,
                                        "init_lora": str(init) if init else None})
         dst = self.settings.data_dir / "rounds" / str(rid) / "lora"
@@ -294,6 +302,8 @@ class Studio:
         steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`)."""
         version = f"round-{rid}"
         parent = (self.store.get_round(rid).get("config") or {}).get("init_version", BASE)
+        if reason is None and parent not in (BASE, self.generator.version):
+            reason = self._await_parent(parent)
         if reason is None:
             try:  # loaded for the checks only: no A/B pair shows it, and no vote promotes it, before they pass
                 self._render_compare(BASE, lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], only_new=True)
@@ -323,6 +333,25 @@ class Studio:
         self.queue.flush()
         return verdict, reason
 
+    def _await_parent(self, parent: str) -> str | None:
+        """A round trained ahead from `parent` while it was on trial waits (in its own thread) for people's
+        verdict on it; why the round can't go on (its parent is not served then), or None."""
+        self.rounds.set_state(f"waiting for people's votes on {parent}")
+        while self.generator.candidate == parent and not self.rounds.cancel_event.wait(0.5):
+            pass
+        self.rounds.set_state("checking")
+        if parent != self.generator.version:
+            row = self._round_row(parent)
+            return (f"it was trained from {parent} while that was on trial, and {parent} is not served "
+                    f"({row.get('verdict') or 'no verdict'})")
+        return None
+
+    def _round_row(self, version: str) -> dict:
+        try:
+            return self.store.get_round(int(version.removeprefix("round-")))
+        except (ValueError, KeyError):
+            return {}
+
     def _check_images(self, rid: int, version: str, lora_dir: Path, parent: str) -> str | None:
         """Load `lora_dir` as `version` for the checks (not on trial), render its Compare images and check them,
         then confirm its prompt fidelity on new prompts: why it fails, or None."""
@@ -336,31 +365,53 @@ class Studio:
     def _confirm_fidelity(self, rid: int, version: str) -> str | None:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
         metrics; why it fails, or None. The base's scores are kept per (steps, guidance, size)."""
-        prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts)
-
-        def scores(v: str):
-            return checks.fidelity_scores(lambda p, sd: self.generator.generate(p, sd, version=v)[0], prompts, seeds)
-
-        key = (self.settings.steps, self.settings.guidance, len(prompts))
-        if key not in self._base_fidelity:
-            self._base_fidelity[key] = scores(BASE)
-        change = checks.fidelity_change(self._base_fidelity[key], scores(version))
+        prompts, seeds, base = self._base_confirmation()
+        mine = checks.fidelity_scores(lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts, seeds)
+        change = checks.fidelity_change(base, mine)
         metrics = self.store.get_round(rid).get("metrics") or {}
         self.store.update_round(rid, metrics={**metrics, "fidelity_confirmed": change})
         return checks.confirm_reason(change)
 
-    def _served_adapter(self) -> tuple[str, Path | None]:
-        """The served version and its weights, written from the served adapter (peft format, the file
-        `RLCMConfig.init_lora` reads): new rounds start from what people were shown. Not the round's trainer
-        checkpoint, which holds its last epoch when the keeper handed over an earlier one."""
-        with self.generator.lock:  # no promotion between reading the version and writing its weights
-            version = self.generator.version
+    def _base_confirmation(self) -> tuple[list[str], list[int], np.ndarray]:
+        """The confirmation set's prompts, seeds and the base's per-image fidelity on them, computed once per
+        (steps, guidance, size) (by the warm-up, or by the first round that needs them)."""
+        prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts)
+        key = (self.settings.steps, self.settings.guidance, len(prompts))
+        with self._base_lock:
+            if key not in self._base_fidelity:
+                self._base_fidelity[key] = checks.fidelity_scores(
+                    lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], prompts, seeds)
+            return prompts, seeds, self._base_fidelity[key]
+
+    def _warm_up(self) -> None:
+        """Once the pair queue is full, render what the first round's checks compare against (the base's
+        Compare images and confirmation scores) while people rate, so the first candidate reaches its vote
+        sooner (live loop: the checks of round 1 took ~38 s of ratings, of later rounds ~24 s)."""
+        deadline = time.time() + 60
+        while not self.queue.q.full() and time.time() < deadline and not self._stop.wait(0.5):
+            pass
+        try:
+            self._render_compare(BASE, lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], only_new=True)
+            if self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
+                self._base_confirmation()
+        except Exception as e:  # the round's checks compute them anyway
+            self.queue.errors.append(f"warm-up: {type(e).__name__}: {e}")
+
+    def _start_adapter(self) -> tuple[str, Path | None]:
+        """What a new round starts from, and its weights in peft format (the file `RLCMConfig.init_lora` reads):
+        the served version, or the candidate while one is on trial. A round ahead from a candidate waits for
+        people's verdict on it and is dropped unless it is promoted (`_await_parent`), so every round that
+        reaches a vote builds on what people were shown and chose. The weights are written from the adapter
+        people see, not the round's trainer checkpoint (its last epoch when the keeper handed over an earlier one)."""
+        with self.generator.lock:  # no promotion or trial's end between reading the version and writing its weights
+            cand = self.generator.candidate
+            version, role = (cand, "candidate") if cand else (self.generator.version, "served")
             if version == BASE:
                 return BASE, None
             path = self.settings.data_dir / "rounds" / version.removeprefix("round-") / SERVED_ADAPTER
             if not path.exists():  # a version's weights never change: written when a round first starts from it
                 tmp = path.with_name(path.name + ".tmp")
-                self.generator.save_adapter("served", tmp)
+                self.generator.save_adapter(role, tmp)
                 os.replace(tmp, path)
             return version, path
 
@@ -378,6 +429,9 @@ class Studio:
         for r in self.store.rounds():
             if r["status"] == "done" and r.get("verdict") == "candidate" and Path(r["lora_path"] or "").exists():
                 self.generator.set_candidate(f"round-{r['id']}", r["lora_path"])
+            elif r["status"] == "done" and not r.get("verdict"):  # stopped in its checks or waiting on its parent
+                self.store.update_round(r["id"], verdict="rejected",
+                                        verdict_reason="the studio stopped before its checks finished")
 
     def _restore_reward_model(self) -> None:
         path = self.settings.data_dir / "reward_model.json"

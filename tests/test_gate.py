@@ -130,7 +130,7 @@ def test_people_promote_a_candidate_they_prefer(studio, tmp_path):
     board = {r["version"]: r for r in studio.leaderboard()}
     assert board[version]["votes"] == 6 and board[version]["win_low"] > 0.5 and board[version]["status"] == "served"
     # the next round starts from the promoted version, not from base
-    served, init = studio._served_adapter()
+    served, init = studio._start_adapter()
     assert served == version and init is not None and init.exists()
 
 
@@ -154,6 +154,76 @@ def test_the_next_round_starts_from_the_weights_people_were_shown(studio, tmp_pa
     start = convert_state_dict_to_diffusers(load_file(init))
     want = {k.removeprefix("unet."): v for k, v in load_file(shown / "pytorch_lora_weights.safetensors").items()}
     assert start.keys() == want.keys() and all(torch.allclose(start[k].float(), want[k].float()) for k in want)
+
+
+def _label_ordinary(studio, n: int) -> None:
+    """n ordinary pairs voted with the warm-colours taste (no candidate on trial, so none is an A/B pair)."""
+    from PIL import Image
+
+    from feedback.raters import warm_colours
+
+    for i in range(n):
+        p = studio.next_pair()
+        a, b = (Image.open(studio.store.image_path(p[k])) for k in ("a", "b"))
+        row = studio.vote(studio.rater("labeller", TOKENS.get("labeller")), p["a"], p["b"],
+                          warm_colours(a, b, p["prompt"]), f"labeller-{i}")
+        TOKENS["labeller"] = row["rater_token"]
+
+
+def _wait_round(studio, until, timeout: float = 600.0) -> dict:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = studio.rounds.snapshot()
+        if until(p):
+            return p
+        time.sleep(0.2)
+    raise AssertionError(f"round did not get there: {studio.rounds.snapshot()}")
+
+
+def test_a_round_started_during_a_trial_trains_from_the_candidate_and_waits_for_its_verdict(studio, tmp_path):
+    """Rounds don't idle while people vote on a candidate: the next one trains from the candidate at once, and
+    reaches the vote only if people promote its parent; if they reject it, the round ahead is dropped."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file
+
+    studio.settings.round_epochs, studio.settings.round_prompts = 2, 4
+    studio.settings.round_lr, studio.settings.round_eval_prompts = 1e-3, 16
+    _label_ordinary(studio, 10)
+    good = _lora(tmp_path / "good", 0.05)
+    parent, verdict, reason = studio.submit_candidate(good)
+    assert verdict == "candidate", reason
+    rid = studio.start_round(by="test", force=True)
+    row = studio.store.get_round(rid)
+    assert row["config"]["init_version"] == parent
+    start = convert_state_dict_to_diffusers(load_file(row["config"]["init_lora"]))
+    want = {k.removeprefix("unet."): v for k, v in load_file(good / "pytorch_lora_weights.safetensors").items()}
+    assert start.keys() == want.keys() and all(torch.allclose(start[k].float(), want[k].float()) for k in want)
+    # trained, it waits: its parent is still on trial, and it is neither a candidate nor shown
+    _wait_round(studio, lambda p: p["state"].startswith("waiting"))
+    assert studio.generator.candidate == parent and studio.generator.checking is None
+    assert studio.store.get_round(rid)["verdict"] is None and f"round-{rid}" not in studio.versions()
+    _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 20)  # people promote the parent
+    assert studio.generator.version == parent
+    p = _wait_round(studio, lambda p: p["state"] in ("done", "failed"))
+    assert p["state"] == "done" and p["verdict"] == "candidate", p
+    assert studio.generator.candidate == f"round-{rid}"  # now on trial against its parent, the served version
+
+    # a round ahead of a candidate that people reject is cancelled, never shown; the next one starts from
+    # the served version
+    child = f"round-{rid}"
+    ahead = studio.start_round(by="test", force=True)
+    assert studio.store.get_round(ahead)["config"]["init_version"] == child
+    _vote_ab(studio, lambda ga, gb, cand: "b" if ga == cand else "a", 20, rater="tester2")  # people reject it
+    assert studio.generator.candidate is None and studio.generator.version == parent
+    p = _wait_round(studio, lambda p: p["state"] in ("done", "failed", "cancelled"))
+    row = studio.store.get_round(ahead)
+    assert row["status"] == "cancelled" or (row["verdict"] == "rejected" and "not served" in row["verdict_reason"]), row
+    assert f"round-{ahead}" not in studio.versions()
+    nxt = studio.start_round(by="test", force=True)
+    assert studio.store.get_round(nxt)["config"]["init_version"] == parent
+    studio.cancel_round()
 
 
 def test_people_reject_a_candidate_that_looks_like_the_served_one(studio, tmp_path):
@@ -287,10 +357,15 @@ def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
     version, verdict, _ = studio.submit_candidate(_lora(tmp_path / "good", 0.05))
     _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 3)  # not yet decided
     assert studio.generator.candidate == version
+    # a round that finished training but stopped in its checks (or waiting on its parent's trial)
+    stopped = studio.store.create_round({"by": "test", "init_version": version, "init_lora": None})
+    studio.store.update_round(stopped, status="done", lora_path=str(tmp_path / "good"))
     studio.close()
     again = Studio(studio.settings, start_workers=False)
     try:
         assert again.generator.candidate == version and again.generator.version == "base"
+        row = again.store.get_round(stopped)  # never put to a vote unchecked: rejected, saying why
+        assert row["verdict"] == "rejected" and "before its checks finished" in row["verdict_reason"]
         _vote_ab(again, lambda ga, gb, cand: "a" if ga == cand else "b", 20, rater="tester2")
         assert again.generator.version == version  # the votes before the restart counted too
     finally:
