@@ -1,12 +1,17 @@
 """When a version earns its place: a sequential rule on people's A/B votes, and a versions leaderboard.
 
-Votes between two versions count a win as 1, a tie as 1/2 and a loss as 0 (skips don't count). The win
-rate p of a candidate over the served version gets a Beta(1 + wins, 1 + losses) posterior (ties add 1/2 to
-each side). Posterior probabilities don't depend on when one looks, so the rule is checked after every vote:
+Votes between two versions count a win as 1, a tie as 1/2 and a loss as 0 (skips don't count): the win rate
+people see. The rule decides on the votes that saw a difference (a sign test): q, the share of those the
+candidate wins, gets a Beta(1 + wins, 1 + losses) posterior. The win rate is above 1/2 exactly when q is
+(win rate = 1/2 + (P(win) - P(loss)) / 2), so this asks the same question, but ties, which say nothing about
+direction, no longer pull the answer towards "no difference": in A/B votes between neighbouring rounds half
+or more are ties (live loop: 38-66 of 85-97), and a candidate that won 20 and lost 4 of the rest was rejected
+as inconclusive (bench/gate_power.py). Posterior probabilities don't depend on when one looks, so the rule is
+checked after every vote:
 
-1. promote when P(p > 1/2) >= `confidence`,
-2. reject when P(p > 1/2 + `margin`) < 1 - `confidence`: people are confident it is not clearly better,
-3. reject as inconclusive after `max_votes`.
+1. promote when P(q > 1/2) >= `confidence`,
+2. reject when P(q > 1/2 + `margin`) < 1 - `confidence`: people are confident it is not clearly better,
+3. reject as inconclusive after `max_votes` votes (ties included).
 
 The leaderboard fits Bradley–Terry strengths to every cross-version vote (base anchored at 0, a weak
 N(0, 2^2) prior so that versions with few votes stay near even) with Laplace intervals.
@@ -27,7 +32,7 @@ class GateRule:
     confidence: float = 0.95  # posterior probability needed to decide either way
     margin: float = 0.15  # "better" means a win rate above 1/2 + margin is still plausible
     min_votes: int = 6  # no decision on fewer A/B votes
-    max_votes: int = 24  # undecided after this many: rejected as inconclusive
+    max_votes: int = 32  # undecided after this many (ties included): rejected as inconclusive
 
     def __post_init__(self):
         if not (0.5 < self.confidence < 1 and 0 < self.margin < 0.5 and 1 <= self.min_votes <= self.max_votes):
@@ -49,11 +54,13 @@ class Record:
         return (self.wins + self.ties / 2) / self.n if self.n else None
 
     def posterior(self):
+        """Of the win rate (ties count half), for display: its interval in the UI and the model card."""
         return stats.beta(1 + self.wins + self.ties / 2, 1 + self.losses + self.ties / 2)
 
     def p_above(self, threshold: float) -> float:
-        """Posterior probability that the true win rate exceeds `threshold`."""
-        return float(self.posterior().sf(threshold))
+        """Posterior probability that the candidate wins more than `threshold` of the votes that see a
+        difference (the rule's q; ties left out)."""
+        return float(stats.beta(1 + self.wins, 1 + self.losses).sf(threshold))
 
     def interval(self, level: float = 0.9) -> tuple[float, float]:
         lo, hi = self.posterior().interval(level)
@@ -81,12 +88,16 @@ def decide(rec: Record, rule: GateRule) -> tuple[str, str]:
     if rec.n < rule.min_votes:
         return "wait", f"{rec.n} of at least {rule.min_votes} A/B votes"
     p_better = rec.p_above(0.5)
-    lo, hi = rec.interval()
-    said = f"win rate {rec.win_rate:.0%} (90% interval {lo:.0%}–{hi:.0%}, n={rec.n})"
+    said = f"win rate {rec.win_rate:.0%} (n={rec.n}: {rec.wins} wins, {rec.losses} losses, {rec.ties} ties)"
+    if rec.wins + rec.losses:
+        lo, hi = stats.beta(1 + rec.wins, 1 + rec.losses).interval(0.9)
+        said += (f"; of the {rec.wins + rec.losses} votes that saw a difference it won "
+                 f"{rec.wins / (rec.wins + rec.losses):.0%} (90% interval {lo:.0%}–{hi:.0%})")
     if p_better >= rule.confidence:
         return "promote", f"people prefer it: {said}, P(better) = {p_better:.3f}"
     if rec.p_above(0.5 + rule.margin) < 1 - rule.confidence:
-        return "reject", f"people don't prefer it: {said}, P(win rate > {0.5 + rule.margin:.0%}) < {1 - rule.confidence:.2f}"
+        return "reject", (f"people don't prefer it: {said}, P(wins > {0.5 + rule.margin:.0%} of the votes that see a "
+                          f"difference) < {1 - rule.confidence:.2f}")
     if rec.n >= rule.max_votes:
         return "reject", f"inconclusive after {rec.n} A/B votes: {said}"
     return "wait", f"{said}, P(better) = {p_better:.3f}"

@@ -384,17 +384,17 @@ class Studio:
             return prompts, seeds, self._base_fidelity[key]
 
     def _warm_up(self) -> None:
-        """Once the pair queue is full, render what the first round's checks compare against (the base's
-        Compare images and confirmation scores) while people rate, so the first candidate reaches its vote
-        sooner (live loop: the checks of round 1 took ~38 s of ratings, of later rounds ~24 s)."""
+        """Once the pair queue is full, score the base on the confirmation set (in memory, nothing written)
+        while people rate, so the first candidate reaches its vote sooner (live loop: the checks of round 1
+        took ~38 s of ratings, of later rounds ~24 s)."""
+        if self.settings.prompt_set != "toy" or not self.settings.confirm_prompts:
+            return
         deadline = time.time() + 60
         while not self.queue.q.full() and time.time() < deadline and not self._stop.wait(0.5):
             pass
         try:
-            self._render_compare(BASE, lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], only_new=True)
-            if self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
-                self._base_confirmation()
-        except Exception as e:  # the round's checks compute them anyway
+            self._base_confirmation()
+        except Exception as e:  # the first round's checks compute them anyway
             self.queue.errors.append(f"warm-up: {type(e).__name__}: {e}")
 
     def _start_adapter(self) -> tuple[str, Path | None]:

@@ -42,11 +42,18 @@ def test_rule_promotes_clear_wins_and_rejects_ties_and_losses():
     assert gate.decide(gate.Record(5, 0, 0), rule)[0] == "wait"  # too few votes
     assert gate.decide(gate.Record(6, 0, 0), rule)[0] == "promote"
     assert gate.decide(gate.Record(0, 6, 0), rule)[0] == "reject"
-    # identical-looking versions: ties alone never promote; enough of them reject
-    assert gate.decide(gate.Record(0, 0, 20), rule)[0] == "wait"
-    assert gate.decide(gate.Record(0, 0, 28), rule)[0] == "reject"
-    # P(p > 1/2) of Beta(1 + w, 1 + l), checked against the closed form for l = 0: 1 - 2^-(w+1)
+    # identical-looking versions: ties alone never promote, and say nothing either way until the vote limit
+    assert gate.decide(gate.Record(0, 0, 39), rule)[0] == "wait"
+    assert gate.decide(gate.Record(0, 0, 40), rule)[0] == "reject"
+    # ties say nothing about direction: 8 wins and 2 losses promote with or without 14 ties beside them
+    # (counted as half a win and half a loss, the ties pulled P(better) down to 0.89: live loop, rejected)
+    assert gate.decide(gate.Record(8, 2, 0), rule)[0] == gate.decide(gate.Record(8, 2, 14), rule)[0] == "promote"
+    assert gate.decide(gate.Record(2, 8, 14), rule)[0] == "reject"
+    # P(q > 1/2) of Beta(1 + w, 1 + l), checked against the closed form for l = 0: 1 - 2^-(w+1)
     assert gate.Record(6, 0, 0).p_above(0.5) == pytest.approx(1 - 2 ** -7)
+    assert gate.Record(6, 0, 9).p_above(0.5) == pytest.approx(1 - 2 ** -7)
+    # the win rate people see still counts a tie as half
+    assert gate.Record(8, 2, 14).win_rate == pytest.approx(15 / 24)
     assert gate.decide(gate.Record(20, 20, 0), rule)[0] == "reject"  # max_votes reached, or confidently not better
 
 
@@ -230,8 +237,8 @@ def test_people_reject_a_candidate_that_looks_like_the_served_one(studio, tmp_pa
     version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "meh", 0.05))
     assert verdict == "candidate", reason
     n = _vote_ab(studio, lambda ga, gb, cand: "tie", 60)
-    # all ties: the trial ends at the vote limit (before the 28 ties that make P(win > 65%) < 5%)
-    assert n == studio.settings.gate_max_votes == 24
+    # all ties: nothing says it is better, and the trial ends at the vote limit
+    assert n == studio.settings.gate_max_votes == 32
     assert studio.generator.candidate is None and studio.generator.version == "base"
     row = studio.store.get_round(int(version.removeprefix("round-")))
     assert row["verdict"] == "rejected" and "inconclusive" in row["verdict_reason"]
