@@ -57,10 +57,13 @@ class Record:
         """Of the win rate (ties count half), for display: its interval in the UI and the model card."""
         return stats.beta(1 + self.wins + self.ties / 2, 1 + self.losses + self.ties / 2)
 
+    def decisive(self):
+        """Of q, the share of the votes that saw a difference the candidate wins (ties left out): the rule's."""
+        return stats.beta(1 + self.wins, 1 + self.losses)
+
     def p_above(self, threshold: float) -> float:
-        """Posterior probability that the candidate wins more than `threshold` of the votes that see a
-        difference (the rule's q; ties left out)."""
-        return float(stats.beta(1 + self.wins, 1 + self.losses).sf(threshold))
+        """Posterior probability that q exceeds `threshold`."""
+        return float(self.decisive().sf(threshold))
 
     def interval(self, level: float = 0.9) -> tuple[float, float]:
         lo, hi = self.posterior().interval(level)
@@ -90,7 +93,7 @@ def decide(rec: Record, rule: GateRule) -> tuple[str, str]:
     p_better = rec.p_above(0.5)
     said = f"win rate {rec.win_rate:.0%} (n={rec.n}: {rec.wins} wins, {rec.losses} losses, {rec.ties} ties)"
     if rec.wins + rec.losses:
-        lo, hi = stats.beta(1 + rec.wins, 1 + rec.losses).interval(0.9)
+        lo, hi = rec.decisive().interval(0.9)
         said += (f"; of the {rec.wins + rec.losses} votes that saw a difference it won "
                  f"{rec.wins / (rec.wins + rec.losses):.0%} (90% interval {lo:.0%}–{hi:.0%})")
     if p_better >= rule.confidence:

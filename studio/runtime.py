@@ -35,6 +35,11 @@ AUTO_RETRY_LABELS = 5
 SERVED_ADAPTER = "served-adapter.safetensors"  # under rounds/<id>/: the weights people were shown, peft format
 
 
+def _parent_of(row: dict) -> str:
+    """The version a round started from (its config's init_version; the base for rounds from before it was kept)."""
+    return (row.get("config") or {}).get("init_version", BASE)
+
+
 class NoBetterThanChance(ValueError):
     """A round refused because the freshly fitted reward model is no better than chance."""
 
@@ -169,7 +174,7 @@ class Studio:
             if not n or labelled - self._labels_at_last_round < n or self.rounds.running:
                 return
             cand = self.generator.candidate
-            if cand and any((r.get("config") or {}).get("init_version") == cand for r in self.store.rounds()):
+            if cand and any(_parent_of(r) == cand for r in self.store.rounds()):
                 return
             self._labels_at_last_round = labelled
 
@@ -255,7 +260,7 @@ class Studio:
         if self.generator.candidate == version:
             self.generator.set_candidate(None)
         running = self.rounds.snapshot().get("round") if self.rounds.running else None
-        if running and (self.store.get_round(running).get("config") or {}).get("init_version") == version:
+        if running and _parent_of(self.store.get_round(running)) == version:
             self.rounds.cancel()
             self._labels_at_last_round = -self.settings.auto_round_every
         self.queue.flush()
@@ -301,7 +306,7 @@ class Studio:
         handed-over epoch fails the image checks (mostly: it lost prompt fidelity on new prompts), the round
         steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`)."""
         version = f"round-{rid}"
-        parent = (self.store.get_round(rid).get("config") or {}).get("init_version", BASE)
+        parent = _parent_of(self.store.get_round(rid))
         if reason is None and parent not in (BASE, self.generator.version):
             reason = self._await_parent(parent)
         if reason is None:
@@ -594,7 +599,7 @@ class Studio:
         while version != BASE:
             rid, row = self._round_version(version)
             rounds.insert(0, rid)
-            version = (row.get("config") or {}).get("init_version", BASE)
+            version = _parent_of(row)
         return rounds
 
     def export_lora(self, version: str | None = None) -> Path:

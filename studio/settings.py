@@ -145,8 +145,8 @@ class StudioSettings:
     gate_min_votes: int = 6  # A/B votes before any decision
     # undecided after this many A/B votes (ties included): rejected as inconclusive. 32 rather than 24: a round
     # trains ahead while its parent is on trial, so a longer trial costs little; the sign test promotes a
-    # candidate winning 80% of decisive votes among 50% ties 88% of the time (24: 79%), and one equal to the
-    # served version 13% (12%) (bench/gate_power.py)
+    # candidate winning 80% of decisive votes among 50% ties 86% of the time (24: 75%), and one equal to the
+    # served version 14% (11%) (bench/gate_power.py, RESULTS "Gate power")
     gate_max_votes: int = 32
     max_upload_mb: int = 100  # RLCM_MAX_UPLOAD_MB: largest upload accepted (launch(max_file_size=...))
     keep_unrated: int = 1000  # RLCM_KEEP_UNRATED: generated samples nobody rated kept (oldest deleted first)
