@@ -516,6 +516,11 @@ class FeedbackStore:
     def rounds(self) -> list[dict]:
         return [self._round_row(r) for r in self._db().query("SELECT * FROM rounds ORDER BY id")]
 
+    def next_round_id(self) -> int:
+        """The id `create_round` gives next (AUTOINCREMENT: ids are never reused)."""
+        rows = list(self._db().query("SELECT seq FROM sqlite_sequence WHERE name = 'rounds'"))
+        return (int(rows[0]["seq"]) if rows else 0) + 1
+
     # -- retention and versioned exports
 
     def prune_unrated(self, limit: int, keep=(), min_age_s: float = 0.0) -> dict:

@@ -21,6 +21,11 @@ KEEP_FIDELITY_DROP = 2.0
 # passes a noisy threshold is biased to have been measured lucky
 CONFIRM_MARGIN_SE = 1.0
 CONFIRM_SEED = 1_000_003  # prompt draw of the confirmation set: not the rounds' (round id + 1) nor Compare's (7)
+# Each round is confirmed on its own draw (prompts and image seeds; the base is scored on it too). One fixed set
+# read 0.5-3.3 points high for every warm-shifted round of a live loop, and a chain of rounds that each pass the
+# same set is selected for luck on it: warm_colours' round-4 passed at +0.6 and measured -2.7 on 512 further
+# images (RESULTS, "Live loop (studio): rounds ahead of a trial, sign-test gate")
+CONFIRM_SEED_STRIDE = 2048  # image seeds per draw: confirm_prompts x 2 at most
 
 
 def reject_reason(history: list[dict], lora_dir: Path, result: dict) -> str | None:
@@ -75,12 +80,14 @@ def images_reason(compare_dir: Path, version: str, start_version: str = "base") 
     return None
 
 
-def confirmation_set(n_prompts: int) -> tuple[list[str], list[int]]:
-    """The held-out prompts (each with 2 seeds) on which finished rounds are compared with the base."""
+def confirmation_set(n_prompts: int, draw: int = 0) -> tuple[list[str], list[int]]:
+    """The held-out prompts (each with 2 seeds) on which a finished round is compared with the base; `draw`
+    (the round id) picks the prompts and the image seeds, so each round is confirmed on images of its own."""
     from rlcm.prompts import get_prompts
 
-    prompts = [p for p in get_prompts("toy", "heldout", n_prompts, seed=CONFIRM_SEED)[:n_prompts] for _ in (0, 1)]
-    return prompts, [50_000 + i for i in range(len(prompts))]
+    prompts = get_prompts("toy", "heldout", n_prompts, seed=CONFIRM_SEED + draw)[:n_prompts]
+    prompts = [p for p in prompts for _ in (0, 1)]
+    return prompts, [50_000 + CONFIRM_SEED_STRIDE * draw + i for i in range(len(prompts))]
 
 
 def image_fidelity(images, prompts) -> np.ndarray:

@@ -77,7 +77,7 @@ class Studio:
         self._gate_lock = threading.Lock()
         self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
         self._compare_scores: dict[tuple, dict] = {}  # (version, reward model, image mtimes) -> reward, fidelity
-        self._base_fidelity: dict[tuple, np.ndarray] = {}  # (steps, guidance, images) -> base's per-image fidelity
+        self._base_fidelity: dict[tuple, np.ndarray] = {}  # (round, steps, guidance, images) -> base's fidelity
         self._base_lock = threading.Lock()  # the warm-up and a round's checks compute the base's scores once
         self._restore_active()
         self._restore_candidate()
@@ -308,7 +308,7 @@ class Studio:
         version = f"round-{rid}"
         parent = _parent_of(self.store.get_round(rid))
         if reason is None and parent not in (BASE, self.generator.version):
-            reason = self._await_parent(parent)
+            reason = self._await_parent(rid, parent)
         if reason is None:
             try:  # loaded for the checks only: no A/B pair shows it, and no vote promotes it, before they pass
                 self._render_compare(BASE, lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], only_new=True)
@@ -338,10 +338,15 @@ class Studio:
         self.queue.flush()
         return verdict, reason
 
-    def _await_parent(self, parent: str) -> str | None:
+    def _await_parent(self, rid: int, parent: str) -> str | None:
         """A round trained ahead from `parent` while it was on trial waits (in its own thread) for people's
         verdict on it; why the round can't go on (its parent is not served then), or None."""
         self.rounds.set_state(f"waiting for people's votes on {parent}")
+        if self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
+            try:  # the base's half of this round's checks, while it waits anyway
+                self._base_confirmation(rid)
+            except Exception:  # the checks compute them again, and report what fails
+                pass
         while self.generator.candidate == parent and not self.rounds.cancel_event.wait(0.5):
             pass
         self.rounds.set_state("checking")
@@ -370,35 +375,38 @@ class Studio:
     def _confirm_fidelity(self, rid: int, version: str) -> str | None:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
         metrics; why it fails, or None. The base's scores are kept per (steps, guidance, size)."""
-        prompts, seeds, base = self._base_confirmation()
+        prompts, seeds, base = self._base_confirmation(rid)
         mine = checks.fidelity_scores(lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts, seeds)
         change = checks.fidelity_change(base, mine)
         metrics = self.store.get_round(rid).get("metrics") or {}
         self.store.update_round(rid, metrics={**metrics, "fidelity_confirmed": change})
         return checks.confirm_reason(change)
 
-    def _base_confirmation(self) -> tuple[list[str], list[int], np.ndarray]:
-        """The confirmation set's prompts, seeds and the base's per-image fidelity on them, computed once per
-        (steps, guidance, size) (by the warm-up, or by the first round that needs them)."""
-        prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts)
-        key = (self.settings.steps, self.settings.guidance, len(prompts))
+    def _base_confirmation(self, rid: int) -> tuple[list[str], list[int], np.ndarray]:
+        """Round `rid`'s confirmation set (its own prompts and seeds) and the base's per-image fidelity on it,
+        computed once per (round, steps, guidance, size): by the warm-up for the next round, by a round while it
+        waits for its parent's verdict, or by its checks. Only the latest few are kept."""
+        prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts, draw=rid)
+        key = (rid, self.settings.steps, self.settings.guidance, len(prompts))
         with self._base_lock:
             if key not in self._base_fidelity:
                 self._base_fidelity[key] = checks.fidelity_scores(
                     lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], prompts, seeds)
+                while len(self._base_fidelity) > 4:
+                    self._base_fidelity.pop(next(iter(self._base_fidelity)))
             return prompts, seeds, self._base_fidelity[key]
 
     def _warm_up(self) -> None:
-        """Once the pair queue is full, score the base on the confirmation set (in memory, nothing written)
-        while people rate, so the first candidate reaches its vote sooner (live loop: the checks of round 1
-        took ~38 s of ratings, of later rounds ~24 s)."""
+        """Once the pair queue is full, score the base on the next round's confirmation set (in memory, nothing
+        written) while people rate, so the first candidate reaches its vote sooner (live loop: the checks of
+        round 1 took ~38 s of ratings, of later rounds ~24 s)."""
         if self.settings.prompt_set != "toy" or not self.settings.confirm_prompts:
             return
         deadline = time.time() + 60
         while not self.queue.q.full() and time.time() < deadline and not self._stop.wait(0.5):
             pass
         try:
-            self._base_confirmation()
+            self._base_confirmation(self.store.next_round_id())
         except Exception as e:  # the first round's checks compute them anyway
             self.queue.errors.append(f"warm-up: {type(e).__name__}: {e}")
 

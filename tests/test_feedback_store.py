@@ -117,7 +117,9 @@ def test_next_pair_mixes_generators_and_follows_uncertainty(store):
 
 
 def test_rounds(store):
+    assert store.next_round_id() == 1
     rid = store.create_round({"lr": 1e-4, "steps": 10})
+    assert rid == 1 and store.next_round_id() == 2  # the warm-up prepares that round's checks
     assert store.get_round(rid)["status"] == "pending"
     store.update_round(rid, status="running", reward_model_version="rm-1")
     done = store.update_round(rid, status="done", lora_path="loras/r1", metrics={"reward": 0.7})

@@ -265,8 +265,11 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
     version, verdict, reason = studio.submit_candidate(loud)
     assert verdict == "rejected" and "prompt fidelity on 128 new images" in reason, reason
     change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
-    # recomputed here: the same prompts and seeds, each version's images scored by the toy checker
-    prompts, seeds = checks.confirmation_set(64)
+    # recomputed here: the round's own prompts and seeds (its id picks them), each version scored by the checker
+    rid = int(version.removeprefix("round-"))
+    prompts, seeds = checks.confirmation_set(64, draw=rid)
+    other = checks.confirmation_set(64, draw=rid + 1)
+    assert other[0] != prompts and not set(other[1]) & set(seeds)  # the next round is confirmed on new images
     studio.generator.set_candidate(version, loud)
     base, tuned = (checks.image_fidelity(studio.generator.generate(prompts, seeds, version=v)[0], prompts)
                    for v in ("base", version))
