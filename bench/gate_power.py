@@ -3,8 +3,9 @@
     python bench/gate_power.py [--sims 2000] [--replay DATA_DIR ...]
 
 Simulates A/B votes (win, loss or tie with fixed probabilities) through `studio.gate.decide` with the
-default `GateRule` (and with 24 votes at most, the earlier limit), and through the earlier rule that counted
-a tie as half a win and half a loss in the posterior. Prints, per tie rate and q (the candidate's share of the
+default `GateRule` (inconclusive after 32 decisive votes or 64 in all) and variants: 32 votes in all (the
+default before), 16 decisive or 64 in all, a rejection needing 4 decisive votes (not adopted), and the
+earliest rule, which counted a tie as half a win and half a loss in the posterior, with 24 votes at most. Prints, per tie rate and q (the candidate's share of the
 votes that see a difference), the share promoted and the mean votes a trial took. `--replay` feeds the A/B
 votes recorded in live-loop work directories to both rules in the order they were cast.
 """
@@ -43,6 +44,14 @@ def _studio(w: int, l: int, t: int, rule: gate.GateRule) -> str:
     return gate.decide(gate.Record(w, l, t), rule)[0]
 
 
+@lru_cache(maxsize=None)
+def _reject_on_4(w: int, l: int, t: int, rule: gate.GateRule) -> str:
+    """The sign test, but a rejection before the limit needs at least 4 votes that saw a difference (the
+    default rejects 0 wins, 2 losses: P(q > 0.65) = 0.043)."""
+    d = _studio(w, l, t, rule)
+    return "wait" if d == "reject" and w + l < 4 and w + l + t < rule.max_votes else d
+
+
 def trial(probs: tuple[float, float], rule: gate.GateRule, decide, rng) -> tuple[str, int]:
     w = l = t = 0
     while True:
@@ -54,12 +63,14 @@ def trial(probs: tuple[float, float], rule: gate.GateRule, decide, rng) -> tuple
 
 
 def simulate(sims: int) -> None:
-    rules = {"sign test, 32 votes (default)": (gate.GateRule(), _studio),
-             "sign test, 24 votes": (gate.GateRule(max_votes=24), _studio),
-             "ties as halves, 24 votes (before)": (gate.GateRule(max_votes=24), _ties_half)}
+    rules = {"sign test, 32 decisive or 64 votes (default)": (gate.GateRule(), _studio),
+             "sign test, 32 votes": (gate.GateRule(max_decisive=32, max_votes=32), _studio),
+             "sign test, 16 decisive or 64 votes": (gate.GateRule(max_decisive=16, max_votes=64), _studio),
+             "sign test, 32 votes, rejection on >= 4 decisive": (gate.GateRule(max_decisive=32, max_votes=32), _reject_on_4),
+             "ties as halves, 24 votes (before)": (gate.GateRule(max_decisive=24, max_votes=24), _ties_half)}
     print("| ties | q | win rate | " + " | ".join(f"{k}: promoted, votes" for k in rules) + " |")
     print("|---|---|---|" + "---|" * len(rules))
-    for tie in (0.0, 0.5, 0.7):
+    for tie in (0.0, 0.5, 0.7, 0.9):
         for q in (0.5, 0.65, 0.8):
             probs = ((1 - tie) * q, (1 - tie) * (1 - q))
             cells = []
@@ -71,8 +82,8 @@ def simulate(sims: int) -> None:
 
 
 def replay(dirs: list[str]) -> None:
-    rule, before = gate.GateRule(), gate.GateRule(max_votes=24)
-    print("| run | candidate | verdict then | sign test, 32 | ties as halves, 24 | all its A/B votes (w, l, t) |")
+    rule, before = gate.GateRule(), gate.GateRule(max_decisive=24, max_votes=24)
+    print("| run | candidate | verdict then | sign test, 32 decisive or 64 | ties as halves, 24 | all its A/B votes (w, l, t) |")
     print("|---|---|---|---|---|---|")
     for d in dirs:
         db = sqlite3.connect(Path(d) / "feedback.db")

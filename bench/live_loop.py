@@ -9,7 +9,8 @@ check, the pair queue, the A/B gate, the alignment guard); only the data directo
 set. The rater (`prefer(image_a, image_b, prompt) -> "a" | "b" | "tie"`, a `file.py:function`,
 `module:function` or shipped rater name) votes through `Studio.next_pair` / `Studio.vote`, the methods the
 Rate tab calls, one label every `--pace` seconds of wall clock, A/B pairs included. It stops when the labels
-are spent and no round is running, or after `--minutes`.
+are spent and no round is running (a round trained ahead that waits for votes on its parent does not
+count: no more votes come), or after `--minutes`.
 
 Then, on held-out prompts x 2 seeds (same seeds for both): the oracle's win rate of the *served* version
 over the base (ties count half, sides alternate), the toy checker's prompt fidelity of both, and the reward
@@ -74,8 +75,9 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
             if spent % 10 == 0:
                 log(f"{spent} labels ({ab} A/B), serving {studio.generator.version}, candidate {cand}, "
                     f"round {studio.rounds.snapshot().get('state')}")
-        elif studio.rounds.running or any(t.name == "auto-round" for t in threading.enumerate()):
-            time.sleep(1.0)
+        elif ((studio.rounds.running or any(t.name == "auto-round" for t in threading.enumerate()))
+              and not str(studio.rounds.snapshot().get("state")).startswith("waiting for people's votes")):
+            time.sleep(1.0)  # a round trained ahead that waits for votes on its parent gets none once labels are spent
         else:
             break
     return {"labels": spent, "gate_labels": ab, "at": at, "next_pair_ms_p50": 1000 * float(np.median(latency)) if latency else None,

@@ -43,6 +43,7 @@ RANGES: dict[str, tuple[type, float, float]] = {
     "gate_confidence": (float, 0.0, 1.0),
     "gate_min_votes": (int, 1, 100_000),
     "gate_max_votes": (int, 1, 100_000),
+    "gate_max_decisive": (int, 1, 100_000),
     # limits
     "max_upload_mb": (int, 1, 10_240),
     "keep_unrated": (int, 0, 10_000_000),
@@ -127,8 +128,8 @@ class StudioSettings:
     # 8 x 12 0.61 at -2.4 (no gain there). RESULTS, "Round length"
     round_prompts: int = 16
     round_eval_prompts: int = 32  # held-out prompts (1 seed) of a round's reward and fidelity evaluations
-    # toy prompt set: new held-out prompts (x2 seeds) on which a finished round's fidelity is confirmed against
-    # the base before a vote (studio.checks.confirm_reason); 0: off. 256 images: standard error ~1.1 points, so the
+    # toy prompt set: new held-out prompts (x2 seeds, drawn anew for each round) on which a finished round's
+    # fidelity is confirmed against the base before a vote (studio.checks.confirm_reason); 0: off. 256 images: standard error ~1.1 points, so the
     # change must be above about -1 (-2 + one standard error); fewer images make the check stricter
     confirm_prompts: int = 128
     # RLCM_ROUND_LR: LoRA learning rate of rounds (one AdamW step per epoch). Toy, warm_colours, 30 labels,
@@ -143,11 +144,13 @@ class StudioSettings:
     ab_fraction: float = 0.75  # RLCM_AB_FRACTION: share of pairs showing a pending candidate against the served version
     gate_confidence: float = 0.95  # RLCM_GATE_CONFIDENCE: posterior probability needed to promote or reject
     gate_min_votes: int = 6  # A/B votes before any decision
-    # undecided after this many A/B votes (ties included): rejected as inconclusive. 32 rather than 24: a round
-    # trains ahead while its parent is on trial, so a longer trial costs little; the sign test promotes a
-    # candidate winning 80% of decisive votes among 50% ties 86% of the time (24: 75%), and one equal to the
-    # served version 14% (11%) (bench/gate_power.py, RESULTS "Gate power")
-    gate_max_votes: int = 32
+    # undecided after gate_max_decisive A/B votes that saw a difference or gate_max_votes in all (ties included):
+    # rejected as inconclusive. A round trains ahead while its parent is on trial, so a longer trial costs
+    # little; with half ties the sign test promotes a candidate winning 80% of decisive votes 96% of the time
+    # (32 in all: 86%; 24: 75%), and one equal to the served version 18% (14%, 11%) (bench/gate_power.py,
+    # RESULTS "Gate power")
+    gate_max_votes: int = 64
+    gate_max_decisive: int = 32
     max_upload_mb: int = 100  # RLCM_MAX_UPLOAD_MB: largest upload accepted (launch(max_file_size=...))
     keep_unrated: int = 1000  # RLCM_KEEP_UNRATED: generated samples nobody rated kept (oldest deleted first)
     device: str | None = None  # RLCM_DEVICE: None picks cuda when present
@@ -209,7 +212,8 @@ class StudioSettings:
     def gate_rule(self):
         from .gate import GateRule
 
-        return GateRule(confidence=self.gate_confidence, min_votes=self.gate_min_votes, max_votes=self.gate_max_votes)
+        return GateRule(confidence=self.gate_confidence, min_votes=self.gate_min_votes,
+                        max_decisive=self.gate_max_decisive, max_votes=self.gate_max_votes)
 
     @property
     def on_space(self) -> bool:

@@ -38,7 +38,7 @@ def test_record_counts_wins_losses_and_ties_from_either_side():
 
 
 def test_rule_promotes_clear_wins_and_rejects_ties_and_losses():
-    rule = gate.GateRule(confidence=0.95, margin=0.15, min_votes=6, max_votes=40)
+    rule = gate.GateRule(confidence=0.95, margin=0.15, min_votes=6, max_decisive=20, max_votes=40)
     assert gate.decide(gate.Record(5, 0, 0), rule)[0] == "wait"  # too few votes
     assert gate.decide(gate.Record(6, 0, 0), rule)[0] == "promote"
     assert gate.decide(gate.Record(0, 6, 0), rule)[0] == "reject"
@@ -55,6 +55,12 @@ def test_rule_promotes_clear_wins_and_rejects_ties_and_losses():
     # the win rate people see still counts a tie as half
     assert gate.Record(8, 2, 14).win_rate == pytest.approx(15 / 24)
     assert gate.decide(gate.Record(20, 20, 0), rule)[0] == "reject"  # max_votes reached, or confidently not better
+    # undecided 12-8 (P(better) 0.81): ends after 20 votes that saw a difference, however many ties came between
+    assert gate.decide(gate.Record(11, 8, 15), rule)[0] == "wait"
+    verdict, why = gate.decide(gate.Record(12, 8, 15), rule)
+    assert verdict == "reject" and why.startswith("inconclusive after 35 A/B votes"), why
+    with pytest.raises(ValueError, match="max_decisive"):
+        gate.GateRule(max_decisive=65, max_votes=64)
 
 
 def test_bradley_terry_orders_versions_and_anchors_base():
@@ -236,9 +242,9 @@ def test_a_round_started_during_a_trial_trains_from_the_candidate_and_waits_for_
 def test_people_reject_a_candidate_that_looks_like_the_served_one(studio, tmp_path):
     version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "meh", 0.05))
     assert verdict == "candidate", reason
-    n = _vote_ab(studio, lambda ga, gb, cand: "tie", 60)
+    n = _vote_ab(studio, lambda ga, gb, cand: "tie", 90)
     # all ties: nothing says it is better, and the trial ends at the vote limit
-    assert n == studio.settings.gate_max_votes == 32
+    assert n == studio.settings.gate_max_votes == 64
     assert studio.generator.candidate is None and studio.generator.version == "base"
     row = studio.store.get_round(int(version.removeprefix("round-")))
     assert row["verdict"] == "rejected" and "inconclusive" in row["verdict_reason"]

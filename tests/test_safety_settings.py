@@ -36,7 +36,7 @@ def test_every_numeric_setting_refuses_non_finite_and_out_of_range_values(name):
     assert vars(s) == before
     for good in (lo, hi):  # both ends allowed ...
         setattr(s, name, good)
-        if name in ("gate_min_votes", "gate_max_votes", "gate_confidence"):
+        if name in ("gate_min_votes", "gate_max_votes", "gate_max_decisive", "gate_confidence"):
             continue  # ... except where the gate rule adds its own cross-field limits
         s.validate()
         assert getattr(s, name) == good and type(getattr(s, name)) is kind
