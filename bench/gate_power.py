@@ -5,9 +5,10 @@
 Simulates A/B votes (win, loss or tie with fixed probabilities) through `studio.gate.decide` with the
 default `GateRule` (inconclusive after 32 decisive votes or 64 in all) and variants: 32 votes in all (the
 default before), 16 decisive or 64 in all, a rejection needing 4 decisive votes (not adopted), and the
-earliest rule, which counted a tie as half a win and half a loss in the posterior, with 24 votes at most. Prints, per tie rate and q (the candidate's share of the
-votes that see a difference), the share promoted and the mean votes a trial took. `--replay` feeds the A/B
-votes recorded in live-loop work directories to both rules in the order they were cast.
+earliest rule, which counted a tie as half a win and half a loss in the posterior, with 24 votes at most.
+Prints, per tie rate and q (the candidate's share of the votes that see a difference), the share promoted
+and the mean votes a trial took. `--replay` feeds the A/B votes recorded in live-loop work directories to
+the default and the earliest rule in the order they were cast.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def simulate(sims: int) -> None:
     rules = {"sign test, 32 decisive or 64 votes (default)": (gate.GateRule(), _studio),
              "sign test, 32 votes": (gate.GateRule(max_decisive=32, max_votes=32), _studio),
              "sign test, 16 decisive or 64 votes": (gate.GateRule(max_decisive=16, max_votes=64), _studio),
-             "sign test, 32 votes, rejection on >= 4 decisive": (gate.GateRule(max_decisive=32, max_votes=32), _reject_on_4),
+             "sign test, 32 votes, rejection on >= 4 decisive": (gate.GateRule(max_decisive=32, max_votes=32),
+                                                                 _reject_on_4),
              "ties as halves, 24 votes (before)": (gate.GateRule(max_decisive=24, max_votes=24), _ties_half)}
     print("| ties | q | win rate | " + " | ".join(f"{k}: promoted, votes" for k in rules) + " |")
     print("|---|---|---|" + "---|" * len(rules))

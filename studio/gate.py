@@ -12,7 +12,7 @@ checked after every vote:
 1. promote when P(q > 1/2) >= `confidence`,
 2. reject when P(q > 1/2 + `margin`) < 1 - `confidence`: people are confident it is not clearly better,
 3. reject as inconclusive after `max_decisive` votes that saw a difference or `max_votes` in all (ties
-   included): when most votes are ties a trial runs longer, when few are it ends where it did (32 votes).
+   included): when most votes are ties a trial runs longer; without ties it ends after 32 votes, as before.
 
 The leaderboard fits Bradley–Terry strengths to every cross-version vote (base anchored at 0, a weak
 N(0, 2^2) prior so that versions with few votes stay near even) with Laplace intervals.

@@ -374,7 +374,7 @@ class Studio:
 
     def _confirm_fidelity(self, rid: int, version: str) -> str | None:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
-        metrics; why it fails, or None. The base's scores are kept per (steps, guidance, size)."""
+        metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds."""
         prompts, seeds, base = self._base_confirmation(rid)
         mine = checks.fidelity_scores(lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts, seeds)
         change = checks.fidelity_change(base, mine)

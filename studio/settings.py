@@ -129,8 +129,9 @@ class StudioSettings:
     round_prompts: int = 16
     round_eval_prompts: int = 32  # held-out prompts (1 seed) of a round's reward and fidelity evaluations
     # toy prompt set: new held-out prompts (x2 seeds, drawn anew for each round) on which a finished round's
-    # fidelity is confirmed against the base before a vote (studio.checks.confirm_reason); 0: off. 256 images: standard error ~1.1 points, so the
-    # change must be above about -1 (-2 + one standard error); fewer images make the check stricter
+    # fidelity is confirmed against the base before a vote (studio.checks.confirm_reason); 0: off. 256 images:
+    # standard error ~1.1 points, so the change must be above about -1 (-2 + one standard error); fewer images
+    # make the check stricter
     confirm_prompts: int = 128
     # RLCM_ROUND_LR: LoRA learning rate of rounds (one AdamW step per epoch). Toy, warm_colours, 30 labels,
     # 12 epochs: 5e-4 left images unchanged to the oracle (win 0.50), 3e-3 won 0.64, 1e-2 collapsed fidelity
@@ -146,9 +147,7 @@ class StudioSettings:
     gate_min_votes: int = 6  # A/B votes before any decision
     # undecided after gate_max_decisive A/B votes that saw a difference or gate_max_votes in all (ties included):
     # rejected as inconclusive. A round trains ahead while its parent is on trial, so a longer trial costs
-    # little; with half ties the sign test promotes a candidate winning 80% of decisive votes 96% of the time
-    # (32 in all: 86%; 24: 75%), and one equal to the served version 18% (14%, 11%) (bench/gate_power.py,
-    # RESULTS "Gate power")
+    # little (why these limits, measured: studio.gate.GateRule)
     gate_max_votes: int = 64
     gate_max_decisive: int = 32
     max_upload_mb: int = 100  # RLCM_MAX_UPLOAD_MB: largest upload accepted (launch(max_file_size=...))
