@@ -76,7 +76,7 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
                 log(f"{spent} labels ({ab} A/B), serving {studio.generator.version}, candidate {cand}, "
                     f"round {studio.rounds.snapshot().get('state')}")
         elif ((studio.rounds.running or any(t.name == "auto-round" for t in threading.enumerate()))
-              and not str(studio.rounds.snapshot().get("state")).startswith("waiting for people's votes")):
+              and not studio.rounds.snapshot().get("waiting_on")):
             time.sleep(1.0)  # a round trained ahead that waits for votes on its parent gets none once labels are spent
         else:
             break

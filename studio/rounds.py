@@ -72,7 +72,7 @@ class RoundRunner:
             else:
                 rid = resume_id
             self.cancel_event.clear()
-            self.progress = {"state": "starting", "round": rid, "rows": [], "epoch": 0,
+            self.progress = {"state": "starting", "round": rid, "rows": [], "epoch": 0, "waiting_on": None,
                              "epochs": self.settings.round_epochs, "started": time.time()}
             self.thread = threading.Thread(target=self._run, args=(rid,), name=f"round-{rid}", daemon=True)
             self.thread.start()
@@ -91,9 +91,10 @@ class RoundRunner:
             p["rows"] = list(p.get("rows", []))
             return p
 
-    def set_state(self, state: str) -> None:
-        """What the Train tab says the round does now (e.g. while its checks wait)."""
-        self._set(state=state)
+    def set_state(self, state: str, waiting_on: str | None = None) -> None:
+        """What the Train tab says the round does now; `waiting_on`: the version on trial whose verdict the
+        finished round waits for (it needs people's votes, not time), None once it goes on."""
+        self._set(state=state, waiting_on=waiting_on)
 
     def _set(self, **kw) -> None:
         with self.lock:

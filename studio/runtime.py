@@ -341,8 +341,8 @@ class Studio:
     def _await_parent(self, rid: int, parent: str) -> str | None:
         """A round trained ahead from `parent` while it was on trial waits (in its own thread) for people's
         verdict on it; why the round can't go on (its parent is not served then), or None."""
-        self.rounds.set_state(f"waiting for people's votes on {parent}")
-        if self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
+        self.rounds.set_state(f"waiting for people's votes on {parent}", waiting_on=parent)
+        if self.settings.confirms_fidelity:
             try:  # the base's half of this round's checks, while it waits anyway
                 self._base_confirmation(rid)
             except Exception:  # the checks compute them again, and report what fails
@@ -368,7 +368,7 @@ class Studio:
         self.generator.set_candidate(version, lora_dir, trial=False)
         self._render_compare(version, lambda p, sd: self.generator.generate(p, sd, version=version)[0])
         reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
-        if reason is None and self.settings.prompt_set == "toy" and self.settings.confirm_prompts:
+        if reason is None and self.settings.confirms_fidelity:
             reason = self._confirm_fidelity(rid, version)
         return reason
 
@@ -400,7 +400,7 @@ class Studio:
         """Once the pair queue is full, score the base on the next round's confirmation set (in memory, nothing
         written) while people rate, so the first candidate reaches its vote sooner (live loop: the checks of
         round 1 took ~38 s of ratings, of later rounds ~24 s)."""
-        if self.settings.prompt_set != "toy" or not self.settings.confirm_prompts:
+        if not self.settings.confirms_fidelity:
             return
         deadline = time.time() + 60
         while not self.queue.q.full() and time.time() < deadline and not self._stop.wait(0.5):

@@ -223,6 +223,11 @@ class StudioSettings:
         return bool(get_space())
 
     @property
+    def confirms_fidelity(self) -> bool:
+        """Finished rounds confirm their prompt fidelity on new prompts (the toy world has a fidelity checker)."""
+        return self.prompt_set == "toy" and self.confirm_prompts > 0
+
+    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 

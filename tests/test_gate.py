@@ -214,13 +214,14 @@ def test_a_round_started_during_a_trial_trains_from_the_candidate_and_waits_for_
     want = {k.removeprefix("unet."): v for k, v in load_file(good / "pytorch_lora_weights.safetensors").items()}
     assert start.keys() == want.keys() and all(torch.allclose(start[k].float(), want[k].float()) for k in want)
     # trained, it waits: its parent is still on trial, and it is neither a candidate nor shown
-    _wait_round(studio, lambda p: p["state"].startswith("waiting"))
+    p = _wait_round(studio, lambda p: p["state"].startswith("waiting"))
+    assert p["waiting_on"] == parent  # what the live loop reads: this round needs votes, not time
     assert studio.generator.candidate == parent and studio.generator.checking is None
     assert studio.store.get_round(rid)["verdict"] is None and f"round-{rid}" not in studio.versions()
     _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 20)  # people promote the parent
     assert studio.generator.version == parent
     p = _wait_round(studio, lambda p: p["state"] in ("done", "failed"))
-    assert p["state"] == "done" and p["verdict"] == "candidate", p
+    assert p["state"] == "done" and p["verdict"] == "candidate" and p["waiting_on"] is None, p
     assert studio.generator.candidate == f"round-{rid}"  # now on trial against its parent, the served version
 
     # a round ahead of a candidate that people reject is cancelled, never shown; the next one starts from
