@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlcm.pipelines import pick_device
+
 from . import checks
 from .settings import StudioSettings, write_json
 
@@ -146,7 +148,8 @@ class RoundRunner:
                 train_batch_size=min(16, s.round_prompts * 4),
                 eval_every=max(1, s.round_epochs // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=rid,
                 init_lora=init if init and Path(init).exists() else None, device=s.device, checkpoint_every=2,
-                mixed_precision="fp16" if (s.device or "").startswith("cuda") else "no",
+                # as the served pipeline decides it: an unset device on a CUDA machine is CUDA (fp16 there)
+                mixed_precision="fp16" if pick_device(s.device).startswith("cuda") else "no",
                 kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr))  # a resumed round keeps the settings it started with
             self._set(epochs=cfg.epochs)
             scorer = with_alignment_guard(
