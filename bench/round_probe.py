@@ -4,6 +4,7 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 16            # guard relative to the reward model's spread
     python bench/round_probe.py RM_DIR abs 0.2 16 3e-3 8      # absolute weight; epochs, lr, prompts per epoch
     python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1  # ... and a KL anchor to the base (kl_coef)
+    python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1 x0  # ... in x0 units (RLCMConfig.kl_units)
     python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
 
 RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
@@ -47,9 +48,10 @@ def main() -> None:
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
     kl = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
+    kl_units = sys.argv[8] if len(sys.argv) > 8 else "action"
     oracle = load_rater(os.environ.get("PROBE_ORACLE", "warm_colours"))
     rm = reward_model.load(rm_dir)
-    work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}")
+    work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
     score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
     pairs = None
@@ -61,7 +63,7 @@ def main() -> None:
     cfg = RLCMConfig(model="toy-lcm", reward="preference", prompt_set="toy", num_steps=4, guidance_scale=8.0,
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
-                     checkpoint_every=10**6, lr=lr, kl_coef=kl)
+                     checkpoint_every=10**6, lr=lr, kl_coef=kl, kl_units=kl_units)
     prompts = [p for p in get_prompts("toy", "heldout", 32, seed=1)[:32] for _ in (0, 1)]
     seeds = [20_000 + i for i in range(len(prompts))]
     base = gen.generate(prompts, seeds, version=BASE)[0]
@@ -77,7 +79,7 @@ def main() -> None:
         print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k,
                           "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epoch,
                           "lr": lr, "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3),
-                          "n": len(wins), "kl_coef": kl, "fidelity_change_points": round(100 * (ft - fb), 1),
+                          "n": len(wins), "kl_coef": kl, "kl_units": kl_units, "fidelity_change_points": round(100 * (ft - fb), 1),
                           "fidelity_confirmed_points": round(confirmed["change_points"], 1),
                           "fidelity_confirmed_se": round(confirmed["se_points"], 1),
                           "train_s": round(time.time() - t)}), flush=True)
