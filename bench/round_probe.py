@@ -79,7 +79,8 @@ def main() -> None:
         print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k,
                           "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epoch,
                           "lr": lr, "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3),
-                          "n": len(wins), "kl_coef": kl, "kl_units": kl_units, "fidelity_change_points": round(100 * (ft - fb), 1),
+                          "n": len(wins), "kl_coef": kl, "kl_units": kl_units,
+                          "fidelity_change_points": round(100 * (ft - fb), 1),
                           "fidelity_confirmed_points": round(confirmed["change_points"], 1),
                           "fidelity_confirmed_se": round(confirmed["se_points"], 1),
                           "train_s": round(time.time() - t)}), flush=True)
