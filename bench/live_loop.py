@@ -223,8 +223,11 @@ def main() -> None:
     overrides = dict(auto_round_every=10, round_epochs=2, round_prompts=2, compare_prompts=2) if args.quick else {}
     for item in args.set:
         name, _, value = item.partition("=")
+        if name == "kl_units":  # the one text setting a round reads; StudioSettings checks the value
+            overrides[name] = value
+            continue
         if name not in RANGES:
-            ap.error(f"--set {item}: not a numeric studio setting ({', '.join(RANGES)})")
+            ap.error(f"--set {item}: not a numeric studio setting ({', '.join(RANGES)}) or kl_units")
         overrides[name] = coerce(name, value)
     settings = StudioSettings(data_dir=work, admin_password=uuid.uuid4().hex, snapshot_every_s=0, **overrides)
     t0 = time.time()
