@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .gate import GateRule
+
 SETTINGS_FILE = "settings.json"  # under data_dir: the admin's edits, which outlive a restart
 # what an admin may change while the studio runs (the Settings tab and its API); these persist
 EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef", "ab_fraction")
@@ -143,13 +145,14 @@ class StudioSettings:
     compare_prompts: int = 8  # fixed prompts of the Compare tab
     # A finished round is a candidate until people's A/B votes promote or reject it (studio.gate.GateRule)
     ab_fraction: float = 0.75  # RLCM_AB_FRACTION: share of pairs showing a pending candidate against the served version
-    gate_confidence: float = 0.95  # RLCM_GATE_CONFIDENCE: posterior probability needed to promote or reject
-    gate_min_votes: int = 6  # A/B votes before any decision
+    # the gate's defaults are GateRule's (one home for the numbers and why they were chosen)
+    gate_confidence: float = GateRule.confidence  # RLCM_GATE_CONFIDENCE: posterior probability to promote or reject
+    gate_min_votes: int = GateRule.min_votes  # A/B votes before any decision
     # undecided after gate_max_decisive A/B votes that saw a difference or gate_max_votes in all (ties included):
     # rejected as inconclusive. A round trains ahead while its parent is on trial, so a longer trial costs
     # little (why these limits, measured: studio.gate.GateRule)
-    gate_max_votes: int = 64
-    gate_max_decisive: int = 32
+    gate_max_votes: int = GateRule.max_votes
+    gate_max_decisive: int = GateRule.max_decisive
     max_upload_mb: int = 100  # RLCM_MAX_UPLOAD_MB: largest upload accepted (launch(max_file_size=...))
     keep_unrated: int = 1000  # RLCM_KEEP_UNRATED: generated samples nobody rated kept (oldest deleted first)
     device: str | None = None  # RLCM_DEVICE: None picks cuda when present
@@ -208,9 +211,7 @@ class StudioSettings:
         for name, value in numbers.items():  # all checks passed: store the normalised types (4.0 -> 4)
             setattr(self, name, value)
 
-    def gate_rule(self):
-        from .gate import GateRule
-
+    def gate_rule(self) -> GateRule:
         return GateRule(confidence=self.gate_confidence, min_votes=self.gate_min_votes,
                         max_decisive=self.gate_max_decisive, max_votes=self.gate_max_votes)
 
