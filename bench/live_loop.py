@@ -42,7 +42,7 @@ from rlcm.prompts import get_prompts  # noqa: E402
 from studio import checks, gate  # noqa: E402
 from studio.runtime import Studio  # noqa: E402
 from studio.serving import BASE  # noqa: E402
-from studio.settings import RANGES, StudioSettings, coerce  # noqa: E402
+from studio.settings import RANGES, StudioSettings, coerce, text_choices  # noqa: E402
 
 
 def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log, report_at=()) -> dict:
@@ -223,11 +223,11 @@ def main() -> None:
     overrides = dict(auto_round_every=10, round_epochs=2, round_prompts=2, compare_prompts=2) if args.quick else {}
     for item in args.set:
         name, _, value = item.partition("=")
-        if name == "kl_units":  # the one text setting a round reads; StudioSettings checks the value
+        if name in text_choices():  # StudioSettings checks the value
             overrides[name] = value
             continue
         if name not in RANGES:
-            ap.error(f"--set {item}: not a numeric studio setting ({', '.join(RANGES)}) or kl_units")
+            ap.error(f"--set {item}: not a studio setting with a checked value ({', '.join([*RANGES, *text_choices()])})")
         overrides[name] = coerce(name, value)
     settings = StudioSettings(data_dir=work, admin_password=uuid.uuid4().hex, snapshot_every_s=0, **overrides)
     t0 = time.time()

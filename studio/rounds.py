@@ -23,7 +23,7 @@ import numpy as np
 from rlcm.pipelines import pick_device
 
 from . import checks
-from .settings import StudioSettings, write_json
+from .settings import ROUND_IMAGES_PER_PROMPT, StudioSettings, write_json
 
 GUARD_PAIRS = 64  # rated pairs on which the alignment guard is scaled to the reward model (relative weight)
 
@@ -118,7 +118,7 @@ class RoundRunner:
 
     def _run(self, rid: int) -> None:
         from rlcm.rewards import with_alignment_guard
-        from rlcm.trainer import RLCMConfig, RLCMTrainer, resume_config
+        from rlcm.trainer import RLCMTrainer, resume_config
 
         s = self.settings
         out = s.data_dir / "rounds" / str(rid)
@@ -141,16 +141,8 @@ class RoundRunner:
             self._set(state="training", reward_model=rm_metrics)
             start = row.get("config") or {}  # the served version when the round was created
             init = start.get("init_lora")
-            cfg = resume_config(RLCMConfig(
-                model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
-                num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
-                prompts_per_epoch=s.round_prompts, images_per_prompt=4, sample_batch_size=16,
-                train_batch_size=min(16, s.round_prompts * 4),
-                eval_every=max(1, s.round_epochs // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=rid,
-                init_lora=init if init and Path(init).exists() else None, device=s.device, checkpoint_every=2,
-                # as the served pipeline decides it: an unset device on a CUDA machine is CUDA (fp16 there)
-                mixed_precision="fp16" if pick_device(s.device).startswith("cuda") else "no",
-                kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr))  # a resumed round keeps the settings it started with
+            # a resumed round keeps the settings it started with
+            cfg = resume_config(round_config(s, out, rid, init if init and Path(init).exists() else None))
             self._set(epochs=cfg.epochs)
             scorer = with_alignment_guard(
                 lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
@@ -203,6 +195,22 @@ class RoundRunner:
             self._set(epoch=e["epoch"], resumed_at_epoch=e["epoch"])
 
 
+def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None = None):
+    """The RLCMConfig of a studio round (`init_lora`: the served adapter it starts from, None for the base)."""
+    from rlcm.trainer import RLCMConfig
+
+    device = pick_device(s.device)  # as the served pipeline decides it: unset on a CUDA machine is CUDA
+    return RLCMConfig(
+        model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
+        num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
+        prompts_per_epoch=s.round_prompts, images_per_prompt=ROUND_IMAGES_PER_PROMPT,
+        sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
+        eval_every=max(1, s.round_epochs // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
+        init_lora=init_lora, device=device, checkpoint_every=2,
+        mixed_precision="fp16" if device.startswith("cuda") else "no",
+        kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr)
+
+
 class FidelityKeeper:
     """Trainer callback: keeps the round's latest evaluated epoch whose toy prompt fidelity is within
     checks.KEEP_FIDELITY_DROP points of the *base* model's on the same held-out prompts and seeds (the earlier
@@ -232,12 +240,11 @@ class FidelityKeeper:
     def __call__(self, e: dict) -> None:
         if e["type"] != "epoch" or "eval_fidelity" not in e:
             return
-        if self.base is None:
-            self.base = self.trainer.evaluate(base=True)["eval_fidelity"]
-        if e["epoch"] == 0:
-            return
         start = next((r["eval_fidelity"] for r in self.trainer.history if r["epoch"] == 0), None)
-        if start is None:
+        if self.base is None:  # a round from the base starts as the base (zero LoRA): its epoch 0 is the base's
+            from_base = self.trainer.cfg.init_lora is None and start is not None
+            self.base = start if from_base else self.trainer.evaluate(base=True)["eval_fidelity"]
+        if e["epoch"] == 0 or start is None:
             return
         f = e["eval_fidelity"]
         if 100 * (self.base - f) <= checks.KEEP_FIDELITY_DROP:

@@ -424,7 +424,7 @@ def test_the_served_lora_exports_for_diffusers_and_pushes_to_its_repos(studio, t
         studio.push("everything", "me/x", api=api)
 
 
-def _dark_round(tmp_path, epochs: int, lr: float):
+def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None):
     """A toy round on a reward that pays for darkness, with a FidelityKeeper evaluating every epoch:
     (trainer, keeper, {epoch: the LoRA's peft state after it}, loaded safetensors files in diffusers form)."""
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -436,7 +436,7 @@ def _dark_round(tmp_path, epochs: int, lr: float):
 
     cfg = RLCMConfig(model=str(MODELS / "toy-lcm"), prompt_set="toy", epochs=epochs, prompts_per_epoch=2,
                      images_per_prompt=4, sample_batch_size=8, train_batch_size=8, eval_every=1, eval_prompts=8,
-                     lr=lr, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3)
+                     lr=lr, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3, init_lora=init_lora)
     dark = lambda images, prompts: -np.array([np.asarray(im, np.float32).mean() for im in images])  # noqa: E731
     trainer = RLCMTrainer(cfg, reward_fn=dark)
     states = {}
@@ -457,7 +457,8 @@ def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
 
     trainer, keeper, states, load = _dark_round(tmp_path, epochs=8, lr=0.01)
     fid = {r["epoch"]: 100 * r["eval_fidelity"] for r in trainer.history if "eval_fidelity" in r}
-    assert 100 * keeper.base == fid[0]  # the LoRA starts at zero: the base model's images, the same fidelity
+    # the LoRA starts at zero, so the keeper takes the base's fidelity from epoch 0: the same as with adapters off
+    assert keeper.base == trainer.evaluate(base=True)["eval_fidelity"] == fid[0] / 100
     drops = {e: 100 * keeper.base - f for e, f in fid.items() if e > 0}
     assert max(drops.values()) > checks.KEEP_FIDELITY_DROP, fid  # fidelity did fall: the keeper had work to do
     safe = [e for e, d in drops.items() if d <= checks.KEEP_FIDELITY_DROP]
@@ -466,6 +467,22 @@ def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
     assert kept.keys() == want.keys() and all(torch.equal(kept[k], want[k].float()) for k in kept)
     if max(drops.values()) > checks.MAX_FIDELITY_DROP:  # halted: no epoch ran past the collapse
         assert trainer.epoch == min(e for e, d in drops.items() if d > checks.MAX_FIDELITY_DROP)
+
+
+def test_a_round_from_a_served_adapter_is_kept_within_reach_of_the_base_not_of_its_start(tmp_path):
+    """A later round starts from the served adapter, whose fidelity is not the base's: the keeper measures the
+    base itself (adapters off), so promoted rounds cannot add their allowances up."""
+    from safetensors.torch import save_file
+
+    from rlcm.lora import lora_state
+    from studio import checks
+
+    first = _dark_round(tmp_path / "first", epochs=3, lr=0.01)[0]
+    served = tmp_path / "served-adapter.safetensors"  # what the studio writes for the next round: peft form
+    save_file({k: v.detach().contiguous() for k, v in lora_state(first.unet).items()}, served)
+    trainer, keeper, _, _ = _dark_round(tmp_path / "next", epochs=1, lr=1e-4, init_lora=str(served))
+    start = trainer.history[0]["eval_fidelity"]
+    assert keeper.base == trainer.evaluate(base=True)["eval_fidelity"] > start + checks.KEEP_FIDELITY_DROP / 100
 
 
 def test_the_keeper_also_keeps_earlier_safe_epochs_to_step_back_to(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from studio.settings import EDITABLE, RANGES, StudioSettings
+from studio.settings import EDITABLE, RANGES, StudioSettings, text_choices
 
 
 @pytest.fixture
@@ -107,3 +107,29 @@ def test_environment_values_are_checked_with_the_variable_named(env):
     env.delenv("RLCM_MAX_UPLOAD_MB")
     s = StudioSettings.from_env()
     assert s.max_upload_mb == 100 and s.max_upload_bytes == 100 * 1024 * 1024
+
+
+def test_a_rounds_batch_always_divides_its_epoch():
+    """Every minibatch of a round is full (the trainer refuses a ragged one): the batch is the largest divisor
+    of the epoch's images within the cap; 0 means the whole epoch on the shipped toy LCM and 16 elsewhere."""
+    s = StudioSettings(round_prompts=5)  # 20 images an epoch
+    assert s.round_batch_size == 20
+    s.round_batch = 16
+    assert s.round_batch_size == 10
+    s.round_batch = 64
+    assert s.round_batch_size == 20
+    s.round_batch, s.round_prompts, s.model = 0, 16, "SimianLuo/LCM_Dreamshaper_v7"
+    assert s.round_batch_size == 16
+    s.round_prompts = 7  # 28 images: a real model's default cap of 16 gives 14
+    assert s.round_batch_size == 14
+
+
+@pytest.mark.parametrize("name", sorted(text_choices()))
+def test_text_settings_with_fixed_values_refuse_others(name):
+    s = StudioSettings()
+    for good in text_choices()[name]:
+        setattr(s, name, good)
+        s.validate()
+    setattr(s, name, "bogus")
+    with pytest.raises(ValueError, match=f"{name} 'bogus'; valid: "):
+        s.validate()
