@@ -104,6 +104,8 @@ def noisy(rater: Rater, flip: float = 0.2, seed: int = 0) -> Rater:
             return "b" if answer == "a" else "a"
         return answer
 
+    prefer.taste = rater  # what the noise hides: benchmarks also measure against it (a flip rate f caps the
+    # noisy rater's win rate for even a perfect improvement at 1 - f)
     prefer.__name__ = f"noisy_{getattr(rater, '__name__', 'rater')}"
     prefer.__doc__ = f"{getattr(rater, '__name__', 'rater')} with {flip:.0%} of answers flipped."
     return prefer

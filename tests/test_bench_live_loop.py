@@ -30,3 +30,11 @@ def test_table_marks_worse_runs_and_missed_targets():
     assert by[("warm_colours", "100")].endswith("| yes | missed (>= 0.80) |")
     assert by[("follows_prompt", "300")].endswith("| **no** | – |")
     assert by[("plain_background", "100")].endswith("| **no** | – |")
+
+
+def test_a_noisy_raters_row_also_gives_its_noiseless_tastes_win_rate():
+    """A noisy rater scores even a perfect improvement at 1 - flip: its row shows the noiseless figure too."""
+    r = report("noisy_warm_colours", 300, 0.74, [0.69, 0.78], -1.0)
+    assert "noiseless" not in live_loop.table([r])
+    row = live_loop.table([{**r, "served_win_rate_taste": 0.871}]).splitlines()[2]
+    assert "0.740 (0.69–0.78), 64; noiseless taste 0.871 |" in row and row.endswith("| missed (>= 0.90) |")

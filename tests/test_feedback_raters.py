@@ -54,6 +54,7 @@ def test_noisy_flips_the_stated_fraction_deterministically():
     flipped = np.mean([c != n for c, n in decided])
     assert 0.15 < flipped < 0.45
     assert noisy(warm_colours, flip=0.0)(*pairs[0], "p") == clean[0]
+    assert [flaky.taste(a, b, "p") for a, b in pairs] == clean  # its noiseless taste, for benchmarks
     with pytest.raises(ValueError, match="flip"):
         noisy(warm_colours, flip=1.5)
 
