@@ -17,6 +17,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from rlcm.pipelines import pick_device
 
 from . import checks
 from .settings import ROUND_IMAGES_PER_PROMPT, StudioSettings, write_json
+
+if TYPE_CHECKING:  # torch and diffusers load when a round starts, not when the studio imports this module
+    from rlcm.trainer import RLCMConfig
 
 GUARD_PAIRS = 64  # rated pairs on which the alignment guard is scaled to the reward model (relative weight)
 
@@ -195,7 +199,7 @@ class RoundRunner:
             self._set(epoch=e["epoch"], resumed_at_epoch=e["epoch"])
 
 
-def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None = None):
+def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None = None) -> RLCMConfig:
     """The RLCMConfig of a studio round (`init_lora`: the served adapter it starts from, None for the base)."""
     from rlcm.trainer import RLCMConfig
 
