@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlcm.pipelines import LOAD_LOCK, load_pipeline
@@ -147,7 +148,8 @@ class PairQueue:
                  ab_fraction: float = 0.5, keep_unrated: int | None = None):
         self.store, self.gen, self.prompts = store, generator, prompts
         # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
-        # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing)
+        # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing). A/B pairs
+        # draw `candidates` prompts and seeds too, and show the one where the two versions differ most
         self.reward_model = reward_model or (lambda: None)
         self.candidates = max(2, candidates)
         self.q: queue.Queue = queue.Queue(maxsize=size)
@@ -210,19 +212,31 @@ class PairQueue:
         return {"prompt": prompt, "a": ids[0], "b": ids[1], "version": version}
 
     def make_ab_pair(self) -> dict | None:
-        """The candidate against the served version for one prompt and one seed, sides at random; None when
-        the trial ended meanwhile or both made the same image (nothing to judge)."""
-        cand, prompt, seed = self.gen.candidate, self.rng.choice(self.prompts), self.rng.randrange(2**31)
+        """The candidate against the served version for one prompt and one seed, sides at random: of
+        `candidates` prompt-and-seed draws, the one whose two images differ most (mean absolute pixel
+        difference, blind to which side is better). People tie on differences too small to see, and a tie
+        tells the gate nothing. None when the trial ended meanwhile or every draw made the same image."""
+        cand = self.gen.candidate
         if cand is None:
             return None
+        prompts = [self.rng.choice(self.prompts) for _ in range(self.candidates)]
+        seeds = [self.rng.randrange(2**31) for _ in prompts]
         try:
-            (im_c,), v_c = self.gen.generate([prompt], [seed], version=cand)
-            (im_s,), v_s = self.gen.generate([prompt], [seed])
+            ims_c, v_c = self.gen.generate(prompts, seeds, version=cand)
+            ims_s, v_s = self.gen.generate(prompts, seeds)
         except ValueError:  # the candidate was promoted or rejected between the two calls
             return None
+        if v_c == v_s:
+            return None
+        diff = [float(np.abs(np.asarray(c, np.float32) - np.asarray(d, np.float32)).mean()) for c, d in zip(ims_c, ims_s)]
+        k = int(np.argmax(diff))
+        if diff[k] == 0.0:
+            return None
+        prompt, seed = prompts[k], seeds[k]
         steps, guidance = self.gen.settings.steps, self.gen.settings.guidance
-        ids = [self.store.add_sample(im, prompt, seed, steps, guidance, generator=v) for im, v in ((im_c, v_c), (im_s, v_s))]
-        if ids[0] == ids[1] or v_c == v_s:
+        ids = [self.store.add_sample(im, prompt, seed, steps, guidance, generator=v)
+               for im, v in ((ims_c[k], v_c), (ims_s[k], v_s))]
+        if ids[0] == ids[1]:
             return None
         if self.rng.random() < 0.5:
             ids.reverse()

@@ -155,7 +155,9 @@ class StudioSettings:
     auto_round_every: int = 20  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
-    pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists; its least certain pair is shown
+    # seeds drawn per queued pair once a reward model exists (its least certain pair is shown), and prompt-and-seed
+    # draws per A/B pair (the one where candidate and served differ most is shown: fewer ties)
+    pair_candidates: int = 4
     compare_prompts: int = 8  # fixed prompts of the Compare tab
     # A finished round is a candidate until people's A/B votes promote or reject it (studio.gate.GateRule)
     ab_fraction: float = 0.75  # RLCM_AB_FRACTION: share of pairs showing a pending candidate against the served version

@@ -100,3 +100,36 @@ def test_queue_shows_the_pair_the_reward_model_is_least_sure_about(tmp_path, cli
         shown = tuple(sorted((store.get_sample(pair[k])["seed"] for k in ("a", "b")), key=seeds.index))
         assert pair["prompt"] == prompt and u[shown] >= max(u.values()) - 1e-6, (shown, u)
     assert len({round(v, 6) for v in u.values()}) > 1  # the choice was not a tie among equals
+
+
+def test_ab_pairs_show_the_draw_where_the_two_versions_differ_most(tmp_path):
+    """An A/B pair is the candidate and the served version on one prompt and seed: of the queue's draws, the
+    one whose two images differ most (checked by rendering every draw again); only the shown two are stored."""
+    from feedback import FeedbackStore
+    from studio.serving import PairQueue
+
+    lcm_pipeline("tiny").save_pretrained(tmp_path / "model")
+    lora = random_lcm_lora(lcm_pipeline("tiny"), tmp_path / "lora", rank=4, seed=1)
+    gen = ServedGenerator(StudioSettings(model=str(tmp_path / "model"), steps=2, data_dir=tmp_path / "d"))
+    gen.set_candidate("round-1", lora)
+    store = FeedbackStore(tmp_path / "live")
+    prompts = ["a red circle", "a blue star", "a large green square", "a small yellow triangle"]
+    q = PairQueue(store, gen, prompts, size=2, seed=3, candidates=5, ab_fraction=1.0)
+    picked_not_first = 0
+    for _ in range(4):
+        before = {s["id"] for s in store.samples()}
+        replay = random.Random()
+        replay.setstate(q.rng.getstate())
+        pair = q.make_ab_pair()
+        draws = [replay.choice(prompts) for _ in range(5)]
+        seeds = [replay.randrange(2**31) for _ in range(5)]
+        cand = gen.generate(draws, seeds, version="round-1")[0]
+        served = gen.generate(draws, seeds)[0]
+        diff = [np.abs(np.asarray(c, np.float32) - np.asarray(s, np.float32)).mean() for c, s in zip(cand, served)]
+        shown = {store.get_sample(pair[k])["generator"]: store.get_sample(pair[k]) for k in ("a", "b")}
+        assert set(shown) == {"round-1", "base"} and pair["ab"] == "round-1"
+        k = int(np.argmax(diff))
+        assert {(s["prompt"], s["seed"]) for s in shown.values()} == {(draws[k], seeds[k])}, (diff, shown)
+        assert {s["id"] for s in store.samples()} - before == {pair["a"], pair["b"]}
+        picked_not_first += k != 0
+    assert picked_not_first  # the choice mattered: not always the first draw
