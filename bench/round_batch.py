@@ -59,7 +59,8 @@ def main() -> None:
     res = [time_epochs(b, 1 if args.quick else args.epochs) for b in args.batches]
     for r in res:
         print(r, flush=True)
-    lines = ["| batch (images per pass) | sampling + reward | training pass | evaluation | epoch |", "|---|---|---|---|---|"]
+    lines = ["| batch (images per pass) | sampling + reward | training pass | evaluation | epoch |",
+             "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['sample_s']:.2f} s | {r['train_s']:.2f} s | {r['eval_s']:.2f} s | "
               f"**{r['epoch_s']:.2f} s** |" for r in res]
     intro = (f"One epoch of a studio round with the app's defaults ({res[0]['images']} images sampled and trained on, "

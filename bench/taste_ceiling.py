@@ -6,10 +6,10 @@
 The live loop's measurement (bench/live_loop.py: held-out prompts x 2 seeds, the served image against the base
 image of the same prompt and seed, ties half), with the served model replaced by an idealised policy: for each
 prompt it draws N more base samples, keeps those whose toy prompt fidelity is at least the base image's, and
-shows the one among them and the base image that the rater's noiseless taste ranks first (most pairwise wins). RL on per-prompt advantages
-reinforces differences between samples of one prompt, so a round that only reweights the base's own samples
-stays at or below this (best of 16 is a large shift: about 1.8 nats of KL per image). A round can exceed it only
-by drawing images the base hardly ever draws (a tint of every colour, say).
+shows the one among them and the base image that the rater's noiseless taste ranks first (most pairwise wins).
+RL on per-prompt advantages reinforces differences between samples of one prompt, so a round that only
+reweights the base's own samples stays at or below this (best of 16 is a large shift: about 1.8 nats of KL per
+image). A round can exceed it only by drawing images the base hardly ever draws (a tint of every colour, say).
 
 Reported per rater: the win rate under the rater itself (noisy raters flip a fifth of their answers, so they
 score even a perfect improvement at 0.8 at most) and under its noiseless taste, the share of ties, and the
@@ -62,7 +62,8 @@ def main() -> None:
     if args.quick:
         args.n, args.prompts = 4, 8
     gen = ServedGenerator(StudioSettings(data_dir=Path(tempfile.mkdtemp(prefix="ceiling-")), admin_password="x"))
-    prompts = [p for p in get_prompts("toy", "heldout", args.prompts, seed=args.seed + 1)[:args.prompts] for _ in (0, 1)]
+    held_out = get_prompts("toy", "heldout", args.prompts, seed=args.seed + 1)[:args.prompts]
+    prompts = [p for p in held_out for _ in (0, 1)]
     seeds = [20_000 + i for i in range(len(prompts))]  # the live loop's: these are its base images
     base = gen.generate(prompts, seeds, version=BASE)[0]
     pool_prompts = [p for p in prompts for _ in range(args.n)]
@@ -85,7 +86,8 @@ def main() -> None:
         lo, hi = rec.interval(0.9)
         change = checks.fidelity_change(fid_base, checks.image_fidelity(chosen, prompts))
         rows.append(f"| {name} | {np.mean(wins):.3f} ({lo:.2f}–{hi:.2f}) | {np.mean(clean):.3f} | "
-                    f"{np.mean([w == 0.5 for w in clean]):.0%} | {change['change_points']:+.1f} ± {change['se_points']:.1f} |")
+                    f"{np.mean([w == 0.5 for w in clean]):.0%} | "
+                    f"{change['change_points']:+.1f} ± {change['se_points']:.1f} |")
         print(rows[-1], flush=True)
     intro = (f"Best of the base image and {args.n} more base samples per prompt (those with fidelity at least the "
              "base image's), chosen by the rater's "

@@ -228,7 +228,8 @@ class PairQueue:
             return None
         if v_c == v_s:
             return None
-        diff = [float(np.abs(np.asarray(c, np.float32) - np.asarray(d, np.float32)).mean()) for c, d in zip(ims_c, ims_s)]
+        diff = [float(np.abs(np.asarray(c, np.float32) - np.asarray(d, np.float32)).mean())
+                for c, d in zip(ims_c, ims_s)]
         k = int(np.argmax(diff))
         if diff[k] == 0.0:
             return None
