@@ -8,7 +8,7 @@ image of the same prompt and seed, ties half), with the served model replaced by
 prompt it draws N more base samples, keeps those whose toy prompt fidelity is at least the base image's, and
 shows the one among them and the base image that the rater's noiseless taste ranks first (most pairwise wins).
 RL on per-prompt advantages reinforces differences between samples of one prompt, so a round that only
-reweights the base's own samples stays at or below this (best of 16 is a large shift: about 1.8 nats of KL per
+reweights the base's own samples stays at or below this (best of 17 is a large shift: about 1.9 nats of KL per
 image). A round can exceed it only by drawing images the base hardly ever draws (a tint of every colour, say).
 
 Reported per rater: the win rate under the rater itself (noisy raters flip a fifth of their answers, so they
