@@ -90,11 +90,16 @@ def oracle_wins(oracle, base: list, tuned: list, prompts: list[str]) -> list[flo
             for i, (b, f, p) in enumerate(zip(base, tuned, prompts))]
 
 
+def heldout_set(n_prompts: int, seed: int) -> tuple[list[str], list[int]]:
+    """The evaluation's held-out prompts (each twice) and their seeds, the same for every version."""
+    prompts = [p for p in get_prompts("toy", "heldout", n_prompts, seed=seed + 1)[:n_prompts] for _ in (0, 1)]
+    return prompts, [20_000 + i for i in range(len(prompts))]
+
+
 def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict:
     """Served vs base on held-out prompts x 2 seeds, the same seeds for both."""
     served = studio.generator.version
-    prompts = [p for p in get_prompts("toy", "heldout", n_prompts, seed=seed + 1)[:n_prompts] for _ in (0, 1)]
-    seeds = [20_000 + i for i in range(len(prompts))]
+    prompts, seeds = heldout_set(n_prompts, seed)
     base = studio.generator.generate(prompts, seeds, version=BASE)[0]
     tuned = studio.generator.generate(prompts, seeds, version=served)[0]
     wins = oracle_wins(oracle, base, tuned, prompts)

@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from feedback.raters import load_rater  # noqa: E402
-from live_loop import oracle_wins  # noqa: E402 (beside this script)
+from live_loop import heldout_set, oracle_wins  # noqa: E402 (beside this script)
 from results import results_path, update_section  # noqa: E402
-from rlcm.prompts import get_prompts  # noqa: E402
 from studio import checks, gate  # noqa: E402
 from studio.serving import BASE, ServedGenerator  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
@@ -62,9 +61,7 @@ def main() -> None:
     if args.quick:
         args.n, args.prompts = 4, 8
     gen = ServedGenerator(StudioSettings(data_dir=Path(tempfile.mkdtemp(prefix="ceiling-")), admin_password="x"))
-    held_out = get_prompts("toy", "heldout", args.prompts, seed=args.seed + 1)[:args.prompts]
-    prompts = [p for p in held_out for _ in (0, 1)]
-    seeds = [20_000 + i for i in range(len(prompts))]  # the live loop's: these are its base images
+    prompts, seeds = heldout_set(args.prompts, args.seed)  # the live loop's: these are its base images
     base = gen.generate(prompts, seeds, version=BASE)[0]
     pool_prompts = [p for p in prompts for _ in range(args.n)]
     pool_seeds = [50_000 + i for i in range(len(pool_prompts))]
