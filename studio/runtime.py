@@ -67,7 +67,7 @@ class Studio:
         self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._start_adapter)
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
                                reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
-                               ab_fraction=s.ab_fraction, keep_unrated=s.keep_unrated)
+                               ab_fraction=s.ab_fraction, ab_draws=s.ab_draws, keep_unrated=s.keep_unrated)
         # pairs shown lately are spared by pruning; never more of them than the unrated samples the admin keeps,
         # else the queue's window (512 ids) outweighs a small keep_unrated and unrated samples pile up to it
         self.queue.shown = collections.deque(maxlen=min(self.queue.shown.maxlen or 512,

@@ -145,13 +145,14 @@ class PairQueue:
 
     def __init__(self, store, generator: ServedGenerator, prompts: list[str], size: int,
                  earlier_fraction: float = 0.25, seed: int = 0, reward_model=None, candidates: int = 4,
-                 ab_fraction: float = 0.5, keep_unrated: int | None = None):
+                 ab_fraction: float = 0.5, ab_draws: int = 4, keep_unrated: int | None = None):
         self.store, self.gen, self.prompts = store, generator, prompts
         # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
         # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing). A/B pairs
-        # draw `candidates` prompts and seeds too, and show the one where the two versions differ most
+        # draw `ab_draws` prompts and seeds, and show the one where the two versions differ most
         self.reward_model = reward_model or (lambda: None)
         self.candidates = max(2, candidates)
+        self.ab_draws = max(1, ab_draws)
         self.q: queue.Queue = queue.Queue(maxsize=size)
         self.earlier_fraction = earlier_fraction
         self.ab_fraction = ab_fraction  # share of pairs that pit a pending candidate against the served version
@@ -213,13 +214,13 @@ class PairQueue:
 
     def make_ab_pair(self) -> dict | None:
         """The candidate against the served version for one prompt and one seed, sides at random: of
-        `candidates` prompt-and-seed draws, the one whose two images differ most (mean absolute pixel
+        `ab_draws` prompt-and-seed draws, the one whose two images differ most (mean absolute pixel
         difference, blind to which side is better). People tie on differences too small to see, and a tie
         tells the gate nothing. None when the trial ended meanwhile or every draw made the same image."""
         cand = self.gen.candidate
         if cand is None:
             return None
-        prompts = [self.rng.choice(self.prompts) for _ in range(self.candidates)]
+        prompts = [self.rng.choice(self.prompts) for _ in range(self.ab_draws)]
         seeds = [self.rng.randrange(2**31) for _ in prompts]
         try:
             ims_c, v_c = self.gen.generate(prompts, seeds, version=cand)

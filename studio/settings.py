@@ -41,6 +41,7 @@ RANGES: dict[str, tuple[type, float, float]] = {
     "queue_size": (int, 1, 64),
     "earlier_fraction": (float, 0.0, 1.0),
     "pair_candidates": (int, 2, 64),
+    "ab_draws": (int, 1, 64),
     "compare_prompts": (int, 1, 64),
     # the gate
     "ab_fraction": (float, 0.0, 1.0),
@@ -155,9 +156,11 @@ class StudioSettings:
     auto_round_every: int = 20  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
-    # seeds drawn per queued pair once a reward model exists (its least certain pair is shown), and prompt-and-seed
-    # draws per A/B pair (the one where candidate and served differ most is shown: fewer ties)
-    pair_candidates: int = 4
+    pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists (its least certain pair shown)
+    # RLCM_AB_DRAWS: prompt-and-seed draws per A/B pair, the one where candidate and served differ most is shown
+    # (fewer tied votes: 20-38% of decided trials' votes against 53-80% with 1; RESULTS table13). Each draw renders
+    # both versions: 1 costs 2 images per A/B pair, 4 cost 8 (on SD-1.5 a GPU's seconds)
+    ab_draws: int = 4
     compare_prompts: int = 8  # fixed prompts of the Compare tab
     # A finished round is a candidate until people's A/B votes promote or reject it (studio.gate.GateRule)
     ab_fraction: float = 0.75  # RLCM_AB_FRACTION: share of pairs showing a pending candidate against the served version
@@ -198,6 +201,7 @@ class StudioSettings:
             round_batch=_env("RLCM_ROUND_BATCH", cls.round_batch, int),
             auto_round_every=_env("RLCM_AUTO_ROUND", cls.auto_round_every, int),
             ab_fraction=_env("RLCM_AB_FRACTION", cls.ab_fraction, float),
+            ab_draws=_env("RLCM_AB_DRAWS", cls.ab_draws, int),
             gate_confidence=_env("RLCM_GATE_CONFIDENCE", cls.gate_confidence, float),
             device=_env("RLCM_DEVICE", None),
         )

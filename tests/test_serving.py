@@ -114,7 +114,7 @@ def test_ab_pairs_show_the_draw_where_the_two_versions_differ_most(tmp_path):
     gen.set_candidate("round-1", lora)
     store = FeedbackStore(tmp_path / "live")
     prompts = ["a red circle", "a blue star", "a large green square", "a small yellow triangle"]
-    q = PairQueue(store, gen, prompts, size=2, seed=3, candidates=5, ab_fraction=1.0)
+    q = PairQueue(store, gen, prompts, size=2, seed=3, candidates=2, ab_fraction=1.0, ab_draws=5)
     picked_not_first = 0
     for _ in range(4):
         before = {s["id"] for s in store.samples()}
@@ -133,3 +133,9 @@ def test_ab_pairs_show_the_draw_where_the_two_versions_differ_most(tmp_path):
         assert {s["id"] for s in store.samples()} - before == {pair["a"], pair["b"]}
         picked_not_first += k != 0
     assert picked_not_first  # the choice mattered: not always the first draw
+    one = PairQueue(store, gen, prompts, size=2, seed=4, ab_fraction=1.0, ab_draws=1)
+    replay = random.Random()
+    replay.setstate(one.rng.getstate())
+    pair = one.make_ab_pair()
+    first = (replay.choice(prompts), replay.randrange(2**31))  # one draw: shown as drawn, no choice
+    assert {(store.get_sample(pair[k])["prompt"], store.get_sample(pair[k])["seed"]) for k in ("a", "b")} == {first}
