@@ -103,7 +103,7 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict
     base = studio.generator.generate(prompts, seeds, version=BASE)[0]
     tuned = studio.generator.generate(prompts, seeds, version=served)[0]
     wins = oracle_wins(oracle, base, tuned, prompts)
-    rec = gate.Record(sum(w == 1.0 for w in wins), sum(w == 0.0 for w in wins), sum(w == 0.5 for w in wins))
+    rec = gate.Record.from_scores(wins)
     out = {"served_version": served, "served_win_rate": float(np.mean(wins)), "served_win_rate_n": len(wins),
            "served_win_rate_interval90": rec.interval(0.9)}
     taste = getattr(oracle, "taste", None)  # a noisy rater's own taste (feedback.raters.noisy): what it means

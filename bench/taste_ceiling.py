@@ -79,7 +79,7 @@ def main() -> None:
             chosen.append(ok[best_of(taste, ok, p)])
         wins = oracle_wins(oracle, base, chosen, prompts)
         clean = oracle_wins(taste, base, chosen, prompts)
-        rec = gate.Record(sum(w == 1.0 for w in wins), sum(w == 0.0 for w in wins), sum(w == 0.5 for w in wins))
+        rec = gate.Record.from_scores(wins)
         lo, hi = rec.interval(0.9)
         change = checks.fidelity_change(fid_base, checks.image_fidelity(chosen, prompts))
         rows.append(f"| {name} | {np.mean(wins):.3f} ({lo:.2f}–{hi:.2f}) | {np.mean(clean):.3f} | "

@@ -54,6 +54,13 @@ class Record:
     losses: int = 0
     ties: int = 0
 
+    @classmethod
+    def from_scores(cls, scores: list[float]) -> "Record":
+        """From one score per comparison: 1 a win, 0 a loss, 0.5 a tie (the benchmarks' oracle verdicts)."""
+        if any(x not in (0.0, 0.5, 1.0) for x in scores):
+            raise ValueError("scores must be 1 (win), 0 (loss) or 0.5 (tie)")
+        return cls(sum(x == 1.0 for x in scores), sum(x == 0.0 for x in scores), sum(x == 0.5 for x in scores))
+
     @property
     def n(self) -> int:
         return self.wins + self.losses + self.ties

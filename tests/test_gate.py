@@ -35,6 +35,10 @@ def test_record_counts_wins_losses_and_ties_from_either_side():
              {"generator_a": "c", "generator_b": "x", "choice": "a"}]  # another opponent
     rec = gate.record(votes, "c", "s")
     assert (rec.wins, rec.losses, rec.ties) == (2, 1, 1) and rec.win_rate == pytest.approx(2.5 / 4)
+    scored = gate.Record.from_scores([1.0, 0.5, 0.0, 1.0])  # the benchmarks' oracle verdicts, ties half
+    assert (scored.wins, scored.losses, scored.ties) == (2, 1, 1)
+    with pytest.raises(ValueError):
+        gate.Record.from_scores([1.0, 0.7])
 
 
 def test_rule_promotes_clear_wins_and_rejects_ties_and_losses():
