@@ -1,11 +1,14 @@
 """Next-pair latency in a real browser while a round trains: key press -> the new left image is on screen.
 
-    python bench/rate_latency.py                 # ~3 min: writes the "Rate tab latency" section of RESULTS.md
+    python bench/rate_latency.py                 # ~5 min: writes the "Rate tab latency" section of RESULTS.md
     python bench/rate_latency.py --votes 10 --quick
 
 Launches the app (studio.ui.build_app on the toy models, default settings but auto rounds off), labels 16 pairs
 through the API, starts a round as admin, and while it trains presses 1 in Debian's chromium (Playwright),
-timing each vote from the key press to the moment the new left image has loaded.
+timing each vote from the key press to the moment the new left image has loaded. Then, once that round is a
+candidate on trial, starts a second round (trained ahead from the candidate, as auto rounds do) and times
+votes again while the queue mixes in A/B pairs (each renders `ab_draws` prompt-and-seed draws of both
+versions); these votes are ties (3), so the trial stays open.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ def main() -> None:
         token = studio.vote(studio.rater("warm", token), p["a"], p["b"],
                             warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"]),
                             f"warm-{i}")["rater_token"]
-    studio.start_round(by="bench", force=True)
-    times = []
+    rid = studio.start_round(by="bench", force=True)
+    times, ab_times, ab_kinds, verdict = [], [], [], None
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                                      args=["--no-sandbox", "--disable-gpu"])
@@ -67,24 +70,61 @@ def main() -> None:
         pg.locator("#pair-prompt").click()
         while studio.rounds.snapshot().get("state") != "training":
             time.sleep(0.2)
-        for _ in range(args.votes):
+        def press(key: str) -> float:
             old = pg.locator("#img-left img").get_attribute("src")
             t = time.perf_counter()
-            pg.keyboard.press("1")
-            pg.wait_for_function(WAIT_NEW_IMAGE, arg=old, timeout=30_000)
-            times.append(time.perf_counter() - t)
+            pg.keyboard.press(key)
+            pg.wait_for_function(WAIT_NEW_IMAGE, arg=old, timeout=60_000)
+            return time.perf_counter() - t
+
+        for _ in range(args.votes):
+            times.append(press("1"))
             if not studio.rounds.running:
                 break
         state = studio.rounds.snapshot().get("state")
+        deadline = time.time() + 600
+        while verdict is None and time.time() < deadline:  # its training and checks
+            row = studio.store.get_round(rid)
+            verdict = row.get("verdict") or (row["status"] if row["status"] in ("failed", "cancelled") else None)
+            time.sleep(0.5)
+        if verdict == "candidate":
+            cand, served = studio.generator.candidate, studio.generator.version
+            studio.start_round(by="bench", force=True)  # trains ahead from the candidate while it is on trial
+            while studio.rounds.snapshot().get("state") != "training":
+                time.sleep(0.2)
+
+            def ab() -> int:  # A/B votes so far (ties included)
+                return len(studio.store.comparisons(between=(cand, served)))
+
+            for _ in range(args.votes + 1):
+                before = ab()
+                dt = press("3")
+                if len(ab_times) > len(ab_kinds):  # this vote was on the pair the last press brought
+                    ab_kinds.append(ab() > before)
+                ab_times.append(dt)
+                if studio.generator.candidate != cand or not studio.rounds.running:
+                    break
+            ab_times = ab_times[:len(ab_kinds)]
         browser.close()
     studio.rounds.cancel()
     studio.close()
     demo.close()
-    ms = 1000 * np.array(times)
+
+    def row(what: str, sec: list[float]) -> str:
+        ms = 1000 * np.array(sec)
+        if not len(ms):
+            return f"| {what} | 0 | - | - | - |\n"
+        return f"| {what} | {len(ms)} | {np.median(ms):.0f} ms | {np.percentile(ms, 90):.0f} ms | {ms.max():.0f} ms |\n"
+
+    kinds = np.array(ab_kinds, bool)
+    trial = (f"a candidate on trial ({int(kinds.sum())} of {len(kinds)} next pairs A/B, {studio.settings.ab_draws} "
+             f"draws each; share {studio.settings.ab_fraction:g}) and a round training")
     md = (f"Key press -> new left image loaded, in Debian's chromium against `python app.py`'s app on the toy models, "
-          f"while a fine-tune round trains in the same process (round state at the end: {state}).\n\n"
-          "| votes | median | p90 | max |\n|---|---|---|---|\n"
-          f"| {len(ms)} | {np.median(ms):.0f} ms | {np.percentile(ms, 90):.0f} ms | {ms.max():.0f} ms |")
+          f"while a fine-tune round trains in the same process (first round's state at the end: {state}; its "
+          f"verdict: {verdict}).\n\n| while | votes | median | p90 | max |\n|---|---|---|---|---|\n"
+          + row("a round trains", times) + row(trial, ab_times)
+          + row("of these, the next pair A/B", [t for t, k in zip(ab_times, ab_kinds) if k])
+          + row("of these, the next pair ordinary", [t for t, k in zip(ab_times, ab_kinds) if not k]))
     print(md)
     print(f"wrote {update_section('Rate tab latency while a round trains (browser)', md, results_path(args.quick))}")
 
