@@ -58,7 +58,7 @@ def main() -> None:
         token = studio.vote(studio.rater("warm", token), p["a"], p["b"],
                             warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"]),
                             f"warm-{i}")["rater_token"]
-    rid = studio.start_round(by="bench", force=True)
+    rid, t_start = studio.start_round(by="bench", force=True), time.time()
     times, ab_times, ab_kinds, verdict = [], [], [], None
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
@@ -87,6 +87,7 @@ def main() -> None:
             row = studio.store.get_round(rid)
             verdict = row.get("verdict") or (row["status"] if row["status"] in ("failed", "cancelled") else None)
             time.sleep(0.5)
+        round_s = time.time() - t_start
         if verdict == "candidate":
             cand, served = studio.generator.candidate, studio.generator.version
             studio.start_round(by="bench", force=True)  # trains ahead from the candidate while it is on trial
@@ -121,7 +122,7 @@ def main() -> None:
              f"draws each; share {studio.settings.ab_fraction:g}) and a round training")
     md = (f"Key press -> new left image loaded, in Debian's chromium against `python app.py`'s app on the toy models, "
           f"while a fine-tune round trains in the same process (first round's state at the end: {state}; its "
-          f"verdict: {verdict}).\n\n| while | votes | median | p90 | max |\n|---|---|---|---|---|\n"
+          f"verdict: {verdict}, {round_s:.0f} s after its start, votes and all).\n\n| while | votes | median | p90 | max |\n|---|---|---|---|---|\n"
           + row("a round trains", times) + row(trial, ab_times)
           + row("of these, the next pair A/B", [t for t, k in zip(ab_times, ab_kinds) if k])
           + row("of these, the next pair ordinary", [t for t, k in zip(ab_times, ab_kinds) if not k]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -42,6 +43,23 @@ def replace_lora(dst: Path, src: Path) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
 
+
+
+TRAINER_NICE = 10  # the round thread's niceness above the web server's and the pair queue's
+
+
+def yield_cpu(nice: int = TRAINER_NICE) -> None:
+    """Lower this thread's CPU priority: people rate while a round trains, and on a 2-core CPU the trainer's
+    threads otherwise delay the next pair (the browser's median rose to ~340 ms; bench/rate_latency.py). On
+    Linux niceness is per thread and inherited by the threads it starts (torch's intra-op pool), and no other
+    thread is slowed; elsewhere this does nothing."""
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass
 
 class RoundRunner:
     def __init__(self, settings: StudioSettings, store, on_done, start_adapter=lambda: ("base", None)):
@@ -124,6 +142,7 @@ class RoundRunner:
         from rlcm.rewards import with_alignment_guard
         from rlcm.trainer import RLCMTrainer, resume_config
 
+        yield_cpu()
         s = self.settings
         out = s.data_dir / "rounds" / str(rid)
         try:

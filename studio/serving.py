@@ -186,19 +186,21 @@ class PairQueue:
                 break
         self._wake.set()
 
-    def make_pair(self) -> dict:
+    def make_pair(self, quick: bool = False) -> dict:
         """Generate one pair now: two seeds of one prompt, sometimes against an earlier generator's sample,
-        or, while a candidate is on trial, sometimes an A/B pair (see `make_ab_pair`)."""
+        or, while a candidate is on trial, sometimes an A/B pair (see `make_ab_pair`). `quick` (the queue ran
+        dry and someone waits for this pair): two images only, so no choice among `candidates` seeds or
+        `ab_draws` draws (an A/B pair still comes at its share: its votes are what the gate waits for)."""
         if self.gen.candidate is not None and self.rng.random() < self.ab_fraction:
-            pair = self.make_ab_pair()
+            pair = self.make_ab_pair(draws=1 if quick else None)
             if pair is not None:
                 return pair
         prompt = self.rng.choice(self.prompts)
         rm = self.reward_model()
-        n = self.candidates if rm is not None else 2
+        n = self.candidates if rm is not None and not quick else 2
         seeds = [self.rng.randrange(2**31) for _ in range(n)]
         images, version = self.gen.generate([prompt] * n, seeds)
-        if rm is not None:
+        if n > 2:
             i, j = most_uncertain_pair(rm, images, prompt)
             images, seeds = [images[i], images[j]], [seeds[i], seeds[j]]
         steps, guidance = self.gen.settings.steps, self.gen.settings.guidance
@@ -212,15 +214,16 @@ class PairQueue:
             ids.reverse()  # left/right carries no information
         return {"prompt": prompt, "a": ids[0], "b": ids[1], "version": version}
 
-    def make_ab_pair(self) -> dict | None:
+    def make_ab_pair(self, draws: int | None = None) -> dict | None:
         """The candidate against the served version for one prompt and one seed, sides at random: of
-        `ab_draws` prompt-and-seed draws, the one whose two images differ most (mean absolute pixel
-        difference, blind to which side is better). People tie on differences too small to see, and a tie
-        tells the gate nothing. None when the trial ended meanwhile or every draw made the same image."""
+        `draws` (default `ab_draws`) prompt-and-seed draws, the one whose two images differ most (mean
+        absolute pixel difference, blind to which side is better). People tie on differences too small to
+        see, and a tie tells the gate nothing. None when the trial ended meanwhile or every draw made the
+        same image."""
         cand = self.gen.candidate
         if cand is None:
             return None
-        prompts = [self.rng.choice(self.prompts) for _ in range(self.ab_draws)]
+        prompts = [self.rng.choice(self.prompts) for _ in range(draws or self.ab_draws)]
         seeds = [self.rng.randrange(2**31) for _ in prompts]
         try:
             ims_c, v_c = self.gen.generate(prompts, seeds, version=cand)
@@ -248,7 +251,7 @@ class PairQueue:
         try:
             pair = self.q.get(timeout=timeout) if timeout else self.q.get_nowait()
         except queue.Empty:
-            pair = self.make_pair()  # queue drained faster than it fills: generate in the caller
+            pair = self.make_pair(quick=True)  # queue drained faster than it fills: the cheapest pair, now
         self.shown.extend((pair["a"], pair["b"]))
         self._wake.set()
         return pair

@@ -139,3 +139,32 @@ def test_ab_pairs_show_the_draw_where_the_two_versions_differ_most(tmp_path):
     pair = one.make_ab_pair()
     first = (replay.choice(prompts), replay.randrange(2**31))  # one draw: shown as drawn, no choice
     assert {(store.get_sample(pair[k])["prompt"], store.get_sample(pair[k])["seed"]) for k in ("a", "b")} == {first}
+
+
+def test_a_dry_queue_hands_over_a_two_image_pair_at_once(tmp_path):
+    """When the queue ran dry the caller waits for its pair: it costs two images, an A/B pair included (its
+    vote is what the gate waits for), while the background worker's A/B pair renders both versions of every draw."""
+    from feedback import FeedbackStore
+    from studio.serving import PairQueue
+
+    lcm_pipeline("tiny").save_pretrained(tmp_path / "model")
+    lora = random_lcm_lora(lcm_pipeline("tiny"), tmp_path / "lora", rank=4, seed=1)
+    gen = ServedGenerator(StudioSettings(model=str(tmp_path / "model"), steps=2, data_dir=tmp_path / "d"))
+    gen.set_candidate("round-1", lora)
+    rendered = []
+    generate = gen.generate
+
+    def counting(prompts, seeds, version=None):
+        rendered.append(len(prompts))
+        return generate(prompts, seeds, version)
+
+    gen.generate = counting
+    q = PairQueue(FeedbackStore(tmp_path / "live"), gen, ["a red circle", "a blue star"], size=2, seed=0,
+                  ab_fraction=1.0, ab_draws=4)  # never started: every get() finds the queue empty
+    pair = q.get()
+    assert pair.get("ab") == "round-1" and sum(rendered) == 2, rendered
+    rendered.clear()
+    assert q.make_pair().get("ab") == "round-1" and sum(rendered) == 8, rendered
+    gen.set_candidate(None)
+    rendered.clear()
+    assert "ab" not in q.get() and sum(rendered) == 2
