@@ -44,15 +44,14 @@ def replace_lora(dst: Path, src: Path) -> None:
     os.replace(tmp, dst)
 
 
-
-TRAINER_NICE = 10  # the round thread's niceness above the web server's and the pair queue's
+TRAINER_NICE = 10  # added to a round thread's niceness; the web server's and the pair queue's threads keep theirs
 
 
 def yield_cpu(nice: int = TRAINER_NICE) -> None:
     """Lower this thread's CPU priority: people rate while a round trains, and on a 2-core CPU the trainer's
-    threads otherwise delay the next pair (the browser's median rose to ~340 ms; bench/rate_latency.py). On
-    Linux niceness is per thread and inherited by the threads it starts (torch's intra-op pool), and no other
-    thread is slowed; elsewhere this does nothing."""
+    threads otherwise delay the next pair (browser median 298-342 ms, 160-277 ms at nice 10; RESULTS, "Rate
+    tab latency"). On Linux niceness is per thread and inherited by the threads it starts (torch's intra-op
+    pool), and no other thread is slowed; elsewhere this does nothing."""
     if sys.platform != "linux":
         return
     tid = threading.get_native_id()
@@ -60,6 +59,7 @@ def yield_cpu(nice: int = TRAINER_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     except OSError:
         pass
+
 
 class RoundRunner:
     def __init__(self, settings: StudioSettings, store, on_done, start_adapter=lambda: ("base", None)):
@@ -193,8 +193,8 @@ class RoundRunner:
                               fidelity_base=keeper.base)
             self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result)
             self._set(state="checking", result=result)
-            verdict, reason = self.on_done(rid, out / "lora", checks.reject_reason(trainer.history, out / "lora", result),
-                                           keeper.fallback(result["epoch_served"]))
+            reason = checks.reject_reason(trainer.history, out / "lora", result)
+            verdict, reason = self.on_done(rid, out / "lora", reason, keeper.fallback(result["epoch_served"]))
             shutil.rmtree(keeper.earlier_dir, ignore_errors=True)  # disk: one LoRA per round stays
             self._set(state="done", verdict=verdict, verdict_reason=reason)
         except Exception as e:  # the round fails; the served model and the database stay as they were
