@@ -70,6 +70,7 @@ def main() -> None:
         pg.locator("#pair-prompt").click()
         while studio.rounds.snapshot().get("state") != "training":
             time.sleep(0.2)
+
         def press(key: str) -> float:
             old = pg.locator("#img-left img").get_attribute("src")
             t = time.perf_counter()
@@ -122,7 +123,8 @@ def main() -> None:
              f"draws each; share {studio.settings.ab_fraction:g}) and a round training")
     md = (f"Key press -> new left image loaded, in Debian's chromium against `python app.py`'s app on the toy models, "
           f"while a fine-tune round trains in the same process (first round's state at the end: {state}; its "
-          f"verdict: {verdict}, {round_s:.0f} s after its start, votes and all).\n\n| while | votes | median | p90 | max |\n|---|---|---|---|---|\n"
+          f"verdict: {verdict}, {round_s:.0f} s after its start, votes and all).\n\n"
+          "| while | votes | median | p90 | max |\n|---|---|---|---|---|\n"
           + row("a round trains", times) + row(trial, ab_times)
           + row("of these, the next pair A/B", [t for t, k in zip(ab_times, ab_kinds) if k])
           + row("of these, the next pair ordinary", [t for t, k in zip(ab_times, ab_kinds) if not k]))

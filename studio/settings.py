@@ -158,8 +158,8 @@ class StudioSettings:
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
     pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists (its least certain pair shown)
     # RLCM_AB_DRAWS: prompt-and-seed draws per A/B pair, the one where candidate and served differ most is shown
-    # (fewer tied votes: 20-38% of decided trials' votes against 53-80% with 1; RESULTS table13). Each draw renders
-    # both versions: 1 costs 2 images per A/B pair, 4 cost 8 (on SD-1.5 a GPU's seconds)
+    # (fewer tied votes: 20-43% of decided trials' votes against 53-80% with 1; RESULTS, tables at 40e9e8c and
+    # 88c5e11). Each draw renders both versions: 1 costs 2 images per A/B pair, 4 cost 8 (on SD-1.5 a GPU's seconds)
     ab_draws: int = 4
     compare_prompts: int = 8  # fixed prompts of the Compare tab
     # A finished round is a candidate until people's A/B votes promote or reject it (studio.gate.GateRule)

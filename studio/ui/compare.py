@@ -22,9 +22,9 @@ def build(studio) -> None:
     gr.Markdown("**Leaderboard**: Bradley–Terry strengths fitted to people's votes between versions (A/B pairs "
                 "and cross-version pairs), shown as the win rate against the base with a 90% interval, beside the "
                 "reward model's mean score on the fixed prompts. A version whose reward-model score rose while "
-                "people's win rate did not is flagged. A/B pairs show, of 4 draws, the prompt and seed where the two "
-                "versions differ most, so these win rates describe the differences people can see rather than an "
-                "average image.")
+                f"people's win rate did not is flagged. A/B pairs show, of {studio.settings.ab_draws} draws, the "
+                "prompt and seed where the two versions differ most, so these win rates describe the differences "
+                "people can see rather than an average image.")
     b = gr.Button("Refresh", elem_id="btn-compare")
     board = gr.Dataframe(label="versions leaderboard", interactive=False, elem_id="leaderboard")
     table = gr.Dataframe(label="fixed prompts: reward-model score, toy prompt fidelity", interactive=False,
