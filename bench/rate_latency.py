@@ -2,13 +2,17 @@
 
     python bench/rate_latency.py                 # ~5 min: writes the "Rate tab latency" section of RESULTS.md
     python bench/rate_latency.py --votes 10 --quick
+    python bench/rate_latency.py --pace 1.5      # a rater who looks 1.5 s at each pair before the key press
 
 Launches the app (studio.ui.build_app on the toy models, default settings but auto rounds off), labels 16 pairs
 through the API, starts a round as admin, and while it trains presses 1 in Debian's chromium (Playwright),
 timing each vote from the key press to the moment the new left image has loaded. Then, once that round is a
 candidate on trial, starts a second round (trained ahead from the candidate, as auto rounds do) and times
 votes again while the queue mixes in A/B pairs (each renders `ab_draws` prompt-and-seed draws of both
-versions); these votes are ties (3), so the trial stays open.
+versions); these votes are ties (3), so the trial stays open. `--pace S` waits S seconds between a pair's arrival and the
+next key press (default 0: back to back, which drains the pair queue faster than a person does). The slowest
+votes are listed with what the studio was doing when the key was pressed: the pairs ready in the queue and the
+round's state and epoch.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ WAIT_NEW_IMAGE = """(old) => { const im = document.querySelector('#img-left img'
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--votes", type=int, default=30)
+    ap.add_argument("--pace", type=float, default=0.0, help="seconds between a pair's arrival and the next key")
     ap.add_argument("--quick", action="store_true", help="no bench/RESULTS.md")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -71,12 +76,21 @@ def main() -> None:
         while studio.rounds.snapshot().get("state") != "training":
             time.sleep(0.2)
 
+        slow = []  # (seconds, what the studio was doing at the key press)
+
         def press(key: str) -> float:
+            time.sleep(args.pace)
             old = pg.locator("#img-left img").get_attribute("src")
+            snap = studio.rounds.snapshot()
+            at = (f"{studio.queue.q.qsize()} pairs ready, round-{snap.get('round')} {snap.get('state')} at epoch "
+                  f"{snap.get('epoch')}, {'a candidate on trial' if studio.generator.candidate else 'no trial'}, "
+                  f"{time.time() - t_start:.0f} s after round-{rid}'s start")
             t = time.perf_counter()
             pg.keyboard.press(key)
             pg.wait_for_function(WAIT_NEW_IMAGE, arg=old, timeout=60_000)
-            return time.perf_counter() - t
+            dt = time.perf_counter() - t
+            slow.append((dt, at))
+            return dt
 
         for _ in range(args.votes):
             times.append(press("1"))
@@ -127,7 +141,9 @@ def main() -> None:
           "| while | votes | median | p90 | max |\n|---|---|---|---|---|\n"
           + row("a round trains", times) + row(trial, ab_times)
           + row("of these, the next pair A/B", [t for t, k in zip(ab_times, ab_kinds) if k])
-          + row("of these, the next pair ordinary", [t for t, k in zip(ab_times, ab_kinds) if not k]))
+          + row("of these, the next pair ordinary", [t for t, k in zip(ab_times, ab_kinds) if not k])
+          + f"\nPace: {args.pace:g} s between a pair's arrival and the next key press. The slowest votes, at the key "
+          "press:\n\n" + "".join(f"- {1000 * dt:.0f} ms: {at}\n" for dt, at in sorted(slow, reverse=True)[:5]))
     print(md)
     print(f"wrote {update_section('Rate tab latency while a round trains (browser)', md, results_path(args.quick))}")
 

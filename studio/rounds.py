@@ -108,6 +108,13 @@ class RoundRunner:
         self.cancel_event.set()
         return True
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the round's thread to end (a cancelled round stops at its next epoch);
+        True once none runs. An interpreter that exits with the thread inside torch aborts."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.running
+
     def snapshot(self) -> dict:
         """A copy of the progress for the UI (handlers run in a thread pool)."""
         with self.lock:

@@ -89,10 +89,12 @@ class Studio:
             if s.snapshot_every_s and s.backup_dir:
                 threading.Thread(target=self._snapshot_loop, daemon=True, name="snapshots").start()
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 60.0) -> None:
+        """Stop the pair queue and any round (waiting up to `wait_s` for the round to reach its next epoch)."""
         self._stop.set()
-        self.queue.stop()
         self.rounds.cancel()
+        self.queue.stop()
+        self.rounds.join(wait_s)
         if self.repo_backup is not None:
             try:
                 self.repo_backup.trigger().result()

@@ -25,8 +25,8 @@ def make_studio(tmp_path, **kw):
     from studio.settings import StudioSettings
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
-                       admin_password=PASSWORD, **TEST_ROUNDS, round_prompts=2, queue_size=2,
-                       snapshot_every_s=0, compare_prompts=2, **kw)
+                       admin_password=PASSWORD, round_prompts=2, queue_size=2,
+                       snapshot_every_s=0, compare_prompts=2, **{**TEST_ROUNDS, **kw})
     return Studio(s)
 
 
@@ -89,6 +89,22 @@ def test_failed_round_is_marked_and_serving_goes_on(tmp_path):
     assert np.array_equal(np.asarray(before), np.asarray(studio.generator.generate(["a red circle"], [5])[0][0]))
     assert studio.next_pair()["a"]  # still serving pairs
     studio.close()
+
+
+def test_close_cancels_a_training_round_and_waits_for_its_thread(tmp_path):
+    """Closing mid-round leaves no round thread behind (an interpreter that exits with it inside torch aborts):
+    the round is cancelled at its next epoch, recorded as such, and nothing new is served."""
+    studio = make_studio(tmp_path, round_epochs=50)
+    label(studio, 10)
+    studio.start_round("admin", force=True)
+    end = time.time() + 120
+    while studio.rounds.snapshot().get("state") != "training" and time.time() < end:
+        time.sleep(0.1)
+    assert studio.rounds.snapshot().get("state") == "training"
+    studio.close()
+    assert not studio.rounds.running
+    assert studio.store.rounds()[-1]["status"] == "cancelled"
+    assert studio.generator.version == "base" and studio.generator.candidate is None
 
 
 def test_restart_restores_database_active_lora_and_compare(tmp_path):
