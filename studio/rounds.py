@@ -62,7 +62,8 @@ def yield_cpu(nice: int = TRAINER_NICE) -> None:
 
 
 class RoundRunner:
-    def __init__(self, settings: StudioSettings, store, on_done, start_adapter=lambda: ("base", None)):
+    def __init__(self, settings: StudioSettings, store, on_done, start_adapter=lambda: ("base", None),
+                 before_load=lambda: None):
         self.settings, self.store = settings, store
         # callback(round_id, lora_dir, reason, fallback) once a round has trained: reason says why it fails the
         # automatic checks on its numbers (None: it goes on to the image checks and the vote); fallback is an
@@ -70,6 +71,9 @@ class RoundRunner:
         self.on_done = on_done
         # () -> (served version, its adapter.safetensors or None for base): rounds build on what is served
         self.start_adapter = start_adapter
+        # () -> None, called before the trainer loads: its load and epoch-0 evaluation take the CPU for 6-19 s on 2
+        # cores, and every vote over 2 s in bench/rate_latency.py came then, with the pair queue empty
+        self.before_load = before_load
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.cancel_event = threading.Event()
@@ -168,7 +172,9 @@ class RoundRunner:
                 rm, metrics, rm_dir, _ = self.fit_reward_model()
             rm_metrics = {k: metrics.get(k) for k in RM_KEYS}
             self.store.update_round(rid, reward_model_version=rm.version, metrics={"reward_model": rm_metrics})
-            self._set(state="training", reward_model=rm_metrics)
+            self._set(state="waiting for the pair queue", reward_model=rm_metrics)
+            self.before_load()
+            self._set(state="training")
             start = row.get("config") or {}  # the served version when the round was created
             init = start.get("init_lora")
             # a resumed round keeps the settings it started with

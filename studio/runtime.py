@@ -32,6 +32,9 @@ from .settings import StudioSettings, write_json
 # an automatic round refused because the reward model is no better than chance is tried again after this many
 # new labels, not a whole `auto_round_every`: live loop, warm_colours, the first round started at 40 labels of 20
 AUTO_RETRY_LABELS = 5
+# a round waits at most this long for a full pair queue before its trainer loads (RoundRunner.before_load): the
+# queue's pairs carry raters through the load and the epoch-0 evaluation
+ROUND_QUEUE_WAIT_S = 20.0
 SERVED_ADAPTER = "served-adapter.safetensors"  # under rounds/<id>/: the weights people were shown, peft format
 
 
@@ -64,7 +67,8 @@ class Studio:
         self.generator = ServedGenerator(s)
         self.prompts = get_prompts(s.prompt_set, "train", 64 if s.prompt_set == "toy" else None)
         self.compare_prompts = get_prompts(s.prompt_set, "heldout", s.compare_prompts, seed=7)[: s.compare_prompts]
-        self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._start_adapter)
+        self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._start_adapter,
+                                  before_load=lambda: self.queue.wait_full(ROUND_QUEUE_WAIT_S, self.rounds.cancel_event))
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
                                reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
                                ab_fraction=s.ab_fraction, ab_draws=s.ab_draws, keep_unrated=s.keep_unrated)
@@ -404,9 +408,7 @@ class Studio:
         round 1 took ~38 s of ratings, of later rounds ~24 s)."""
         if not self.settings.confirms_fidelity:
             return
-        deadline = time.time() + 60
-        while not self.queue.q.full() and time.time() < deadline and not self._stop.wait(0.5):
-            pass
+        self.queue.wait_full(60, self._stop)
         try:
             self._base_confirmation(self.store.next_round_id())
         except Exception as e:  # the first round's checks compute them anyway

@@ -177,6 +177,15 @@ class PairQueue:
         if self._thread is not None:
             self._thread.join(timeout=wait)
 
+    def wait_full(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Wait up to `timeout` s (or until `stop` is set) for the worker to fill the queue; True when full.
+        Returns at once when no worker runs."""
+        deadline = time.time() + timeout
+        while not self.q.full() and self._thread is not None and self._thread.is_alive() and time.time() < deadline:
+            if (stop is not None and stop.is_set()) or self._stop.wait(0.2):
+                break
+        return self.q.full()
+
     def flush(self) -> None:
         """Drop queued pairs (after a model swap they show the old generator)."""
         while True:

@@ -25,8 +25,8 @@ def make_studio(tmp_path, **kw):
     from studio.settings import StudioSettings
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
-                       admin_password=PASSWORD, round_prompts=2, queue_size=2,
-                       snapshot_every_s=0, compare_prompts=2, **{**TEST_ROUNDS, **kw})
+                       admin_password=PASSWORD, snapshot_every_s=0,
+                       **{**TEST_ROUNDS, "round_prompts": 2, "queue_size": 2, "compare_prompts": 2, **kw})
     return Studio(s)
 
 
@@ -105,6 +105,31 @@ def test_close_cancels_a_training_round_and_waits_for_its_thread(tmp_path):
     assert not studio.rounds.running
     assert studio.store.rounds()[-1]["status"] == "cancelled"
     assert studio.generator.version == "base" and studio.generator.candidate is None
+
+
+def test_a_round_loads_its_trainer_once_the_pair_queue_is_full(tmp_path):
+    """The trainer's load and epoch-0 evaluation take the CPU for seconds; a round lets the pair queue fill first,
+    so raters have pairs through them (bench/rate_latency.py: every vote over 2 s came then, the queue empty)."""
+    studio = make_studio(tmp_path, queue_size=4)
+    label(studio, 10)
+    generate = studio.generator.generate
+
+    def slow(*a, **kw):  # the worker needs >= 6 s to fill the queue again
+        time.sleep(1.5)
+        return generate(*a, **kw)
+
+    studio.generator.generate = slow
+    try:
+        studio.queue.flush()
+        studio.start_round("admin", force=True)
+        end, seen = time.time() + 60, []
+        while studio.rounds.snapshot().get("state") != "training" and time.time() < end:
+            seen.append(studio.rounds.snapshot().get("state"))
+            time.sleep(0.02)
+        assert studio.queue.q.full(), seen
+        assert "waiting for the pair queue" in seen
+    finally:
+        studio.close()
 
 
 def test_restart_restores_database_active_lora_and_compare(tmp_path):
