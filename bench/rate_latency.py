@@ -9,10 +9,10 @@ through the API, starts a round as admin, and while it trains presses 1 in Debia
 timing each vote from the key press to the moment the new left image has loaded. Then, once that round is a
 candidate on trial, starts a second round (trained ahead from the candidate, as auto rounds do) and times
 votes again while the queue mixes in A/B pairs (each renders `ab_draws` prompt-and-seed draws of both
-versions); these votes are ties (3), so the trial stays open. `--pace S` waits S seconds between a pair's arrival and the
-next key press (default 0: back to back, which drains the pair queue faster than a person does). The slowest
-votes are listed with what the studio was doing when the key was pressed: the pairs ready in the queue and the
-round's state and epoch.
+versions); these votes are ties (3), so the trial stays open. `--pace S` waits S seconds between a pair's
+arrival and the next key press (default 0: back to back, which drains the pair queue faster than a person
+does). The slowest votes are listed with what the studio was doing when the key was pressed: the pairs ready
+in the queue and the round's state and epoch.
 """
 
 from __future__ import annotations

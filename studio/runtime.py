@@ -67,8 +67,9 @@ class Studio:
         self.generator = ServedGenerator(s)
         self.prompts = get_prompts(s.prompt_set, "train", 64 if s.prompt_set == "toy" else None)
         self.compare_prompts = get_prompts(s.prompt_set, "heldout", s.compare_prompts, seed=7)[: s.compare_prompts]
-        self.rounds = RoundRunner(s, self.store, on_done=self._consider, start_adapter=self._start_adapter,
-                                  before_load=lambda: self.queue.wait_full(ROUND_QUEUE_WAIT_S, self.rounds.cancel_event))
+        self.rounds = RoundRunner(
+            s, self.store, on_done=self._consider, start_adapter=self._start_adapter,
+            before_load=lambda: self.queue.wait_full(ROUND_QUEUE_WAIT_S, self.rounds.cancel_event))
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
                                reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
                                ab_fraction=s.ab_fraction, ab_draws=s.ab_draws, keep_unrated=s.keep_unrated)
