@@ -1,6 +1,7 @@
 """The studio runtime without Gradio: a failed round changes nothing served; a restart picks everything up."""
 
 import json
+import threading
 import time
 import uuid
 
@@ -112,23 +113,31 @@ def test_a_round_loads_its_trainer_once_the_pair_queue_is_full(tmp_path):
     so raters have pairs through them (bench/rate_latency.py: every vote over 2 s came then, the queue empty)."""
     studio = make_studio(tmp_path, queue_size=4)
     label(studio, 10)
-    generate = studio.generator.generate
+    generate, gate = studio.generator.generate, threading.Event()
 
-    def slow(*a, **kw):  # the worker needs >= 6 s to fill the queue again
-        time.sleep(1.5)
+    def gated(*a, **kw):  # the worker makes no pair until the test opens the gate
+        gate.wait(120)
         return generate(*a, **kw)
 
-    studio.generator.generate = slow
+    def state_becomes(state, timeout=120):
+        end = time.time() + timeout
+        while studio.rounds.snapshot().get("state") != state and time.time() < end:
+            time.sleep(0.02)
+        return studio.rounds.snapshot().get("state") == state
+
+    studio.generator.generate = gated
     try:
         studio.queue.flush()
         studio.start_round("admin", force=True)
-        end, seen = time.time() + 60, []
-        while studio.rounds.snapshot().get("state") != "training" and time.time() < end:
-            seen.append(studio.rounds.snapshot().get("state"))
-            time.sleep(0.02)
-        assert studio.queue.q.full(), seen
-        assert "waiting for the pair queue" in seen
+        assert state_becomes("waiting for the pair queue"), studio.rounds.snapshot()
+        time.sleep(1.0)  # no pairs come: the round goes on waiting
+        assert studio.rounds.snapshot()["state"] == "waiting for the pair queue"
+        assert not studio.queue.q.full()
+        gate.set()
+        assert state_becomes("training"), studio.rounds.snapshot()
+        assert studio.queue.q.full()
     finally:
+        gate.set()
         studio.close()
 
 
