@@ -73,8 +73,8 @@ def main() -> None:
         pg.wait_for_selector("#img-left img")
         pg.fill("#rater-name input, #rater-name textarea", "latency")
         pg.locator("#pair-prompt").click()
-        while studio.rounds.snapshot().get("state") != "training":
-            time.sleep(0.2)
+        studio.rounds.wait_for(lambda p: p["state"] == "training", 600)
+        to_training = time.time() - t_start  # the reward model's fit and the wait for a full pair queue
 
         slow = []  # (seconds, what the studio was doing at the key press)
 
@@ -106,8 +106,7 @@ def main() -> None:
         if verdict == "candidate":
             cand, served = studio.generator.candidate, studio.generator.version
             studio.start_round(by="bench", force=True)  # trains ahead from the candidate while it is on trial
-            while studio.rounds.snapshot().get("state") != "training":
-                time.sleep(0.2)
+            studio.rounds.wait_for(lambda p: p["state"] == "training", 600)
 
             def ab() -> int:  # A/B votes so far (ties included)
                 return len(studio.store.comparisons(between=(cand, served)))
@@ -137,7 +136,9 @@ def main() -> None:
              f"draws each; share {studio.settings.ab_fraction:g}) and a round training")
     md = (f"Key press -> new left image loaded, in Debian's chromium against `python app.py`'s app on the toy models, "
           f"while a fine-tune round trains in the same process (first round's state at the end: {state}; its "
-          f"verdict: {verdict}, {round_s:.0f} s after its start, votes and all).\n\n"
+          f"verdict: {verdict}, {round_s:.0f} s after its start, votes and all; its trainer began loading "
+          f"{to_training:.1f} s after its start, once the reward model was fitted and the pair queue full; the "
+          f"votes below start then).\n\n"
           "| while | votes | median | p90 | max |\n|---|---|---|---|---|\n"
           + row("a round trains", times) + row(trial, ab_times)
           + row("of these, the next pair A/B", [t for t, k in zip(ab_times, ab_kinds) if k])

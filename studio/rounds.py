@@ -75,6 +75,7 @@ class RoundRunner:
         # cores, and every vote over 2 s in bench/rate_latency.py came then, with the pair queue empty
         self.before_load = before_load
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified on every progress change (`wait_for`)
         self.thread: threading.Thread | None = None
         self.cancel_event = threading.Event()
         self.progress: dict = {"state": "idle"}
@@ -102,6 +103,7 @@ class RoundRunner:
             self.cancel_event.clear()
             self.progress = {"state": "starting", "round": rid, "rows": [], "epoch": 0, "waiting_on": None,
                              "epochs": self.settings.round_epochs, "started": time.time()}
+            self.changed.notify_all()
             self.thread = threading.Thread(target=self._run, args=(rid,), name=f"round-{rid}", daemon=True)
             self.thread.start()
             return rid
@@ -126,6 +128,14 @@ class RoundRunner:
             p["rows"] = list(p.get("rows", []))
             return p
 
+    def wait_for(self, until, timeout: float) -> dict | None:
+        """Block until `until(progress)` holds (checked on every change), up to `timeout` s: a snapshot of the
+        progress then, or None on timeout."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: until(self.progress), timeout):
+                return None
+        return self.snapshot()
+
     def set_state(self, state: str, waiting_on: str | None = None) -> None:
         """What the Train tab says the round does now; `waiting_on`: the version on trial whose verdict the
         finished round waits for (it needs people's votes, not time), None once it goes on."""
@@ -134,6 +144,7 @@ class RoundRunner:
     def _set(self, **kw) -> None:
         with self.lock:
             self.progress.update(kw)
+            self.changed.notify_all()
 
     # ------------------------------------------------------------ the round
 
@@ -227,6 +238,7 @@ class RoundRunner:
                 self.progress["epoch_at"] = time.time()
                 self.progress["rows"] = self.progress.get("rows", []) + [
                     {k: e[k] for k in ("epoch", "reward_mean", "eval_reward_mean", "eval_fidelity") if k in e}]
+                self.changed.notify_all()
         elif e["type"] == "resumed":
             self._set(epoch=e["epoch"], resumed_at_epoch=e["epoch"])
 

@@ -188,14 +188,9 @@ def _label_ordinary(studio, n: int) -> None:
 
 
 def _wait_round(studio, until, timeout: float = 600.0) -> dict:
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        p = studio.rounds.snapshot()
-        if until(p):
-            return p
-        time.sleep(0.2)
+    p = studio.rounds.wait_for(until, timeout)
+    if p is not None:
+        return p
     raise AssertionError(f"round did not get there: {studio.rounds.snapshot()}")
 
 
@@ -218,7 +213,7 @@ def test_a_round_started_during_a_trial_trains_from_the_candidate_and_waits_for_
     want = {k.removeprefix("unet."): v for k, v in load_file(good / "pytorch_lora_weights.safetensors").items()}
     assert start.keys() == want.keys() and all(torch.allclose(start[k].float(), want[k].float()) for k in want)
     # trained, it waits: its parent is still on trial, and it is neither a candidate nor shown
-    p = _wait_round(studio, lambda p: p["state"].startswith("waiting"))
+    p = _wait_round(studio, lambda p: p.get("waiting_on") is not None)
     assert p["waiting_on"] == parent  # what the live loop reads: this round needs votes, not time
     assert studio.generator.candidate == parent and studio.generator.checking is None
     assert studio.store.get_round(rid)["verdict"] is None and f"round-{rid}" not in studio.versions()

@@ -98,10 +98,7 @@ def test_close_cancels_a_training_round_and_waits_for_its_thread(tmp_path):
     studio = make_studio(tmp_path, round_epochs=50)
     label(studio, 10)
     studio.start_round("admin", force=True)
-    end = time.time() + 120
-    while studio.rounds.snapshot().get("state") != "training" and time.time() < end:
-        time.sleep(0.1)
-    assert studio.rounds.snapshot().get("state") == "training"
+    assert studio.rounds.wait_for(lambda p: p["state"] == "training", 120), studio.rounds.snapshot()
     studio.close()
     assert not studio.rounds.running
     assert studio.store.rounds()[-1]["status"] == "cancelled"
@@ -119,11 +116,8 @@ def test_a_round_loads_its_trainer_once_the_pair_queue_is_full(tmp_path):
         gate.wait(120)
         return generate(*a, **kw)
 
-    def state_becomes(state, timeout=120):
-        end = time.time() + timeout
-        while studio.rounds.snapshot().get("state") != state and time.time() < end:
-            time.sleep(0.02)
-        return studio.rounds.snapshot().get("state") == state
+    def state_becomes(state):
+        return studio.rounds.wait_for(lambda p: p["state"] == state, 120) is not None
 
     studio.generator.generate = gated
     try:
