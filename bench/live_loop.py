@@ -54,6 +54,7 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
     token = None
     latency = []
     at: dict[int, dict] = {}
+    served_at: dict[str, int] = {}  # version -> labels spent when it was first served (the gate decides inside a vote)
     next_at = time.time()
     while time.time() < deadline:
         if spent < labels:
@@ -69,8 +70,10 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
             token = row["rater_token"]  # kept like the browser keeps it
             spent += 1
             ab += bool(cand and cand in gens)
+            served_at.setdefault(studio.generator.version, spent)
             if spent in report_at:
                 at[spent] = {"labels": spent, "gate_labels": ab, "served_version": studio.generator.version,
+                             "served_at_labels": _promoted(served_at),
                              "reward_model": studio.rounds.reward_model, **round_counts(studio)}
             if spent % 10 == 0:
                 log(f"{spent} labels ({ab} A/B), serving {studio.generator.version}, candidate {cand}, "
@@ -80,8 +83,13 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
             time.sleep(1.0)  # a round trained ahead that waits for votes on its parent gets none once labels are spent
         else:
             break
-    return {"labels": spent, "gate_labels": ab, "at": at, "next_pair_ms_p50": 1000 * float(np.median(latency)) if latency else None,
+    return {"labels": spent, "gate_labels": ab, "at": at, "served_at_labels": _promoted(served_at),
+            "next_pair_ms_p50": 1000 * float(np.median(latency)) if latency else None,
             "next_pair_ms_p95": 1000 * float(np.percentile(latency, 95)) if latency else None}
+
+
+def _promoted(served_at: dict[str, int]) -> dict[str, int]:
+    return {v: n for v, n in served_at.items() if v != BASE}
 
 
 def oracle_wins(oracle, base: list, tuned: list, prompts: list[str]) -> list[float]:
@@ -143,7 +151,10 @@ def section(report: dict, settings: StudioSettings, oracle: str, note: str = "")
             f"| rounds started / promoted / rejected | {report['rounds_started']} / {report['rounds_promoted']} / "
             f"{report['rounds_rejected']} |\n"
             f"| served version | {report['served_version']} |\n"
-            f"| oracle win rate, served over base (n={report['served_win_rate_n']}, ties half; 90% interval) | "
+            + (f"| first served at label | "
+               f"{', '.join(f'{v} at {n}' for v, n in report['served_at_labels'].items())} |\n"
+               if report.get("served_at_labels") else "")
+            + f"| oracle win rate, served over base (n={report['served_win_rate_n']}, ties half; 90% interval) | "
             f"{report['served_win_rate']:.3f} ({lo:.2f}–{hi:.2f}){_taste(report)} |\n"
             f"| prompt fidelity base -> served | {100 * report['fidelity_base']:.1f}% -> "
             f"{100 * report['fidelity_served']:.1f}% ({_change(report)} points) |\n"
@@ -262,7 +273,8 @@ def main() -> None:
         log(f"rating done: {voted['labels']} labels ({voted['gate_labels']} A/B)")
         studio.rounds.cancel()
         report = {"oracle": args.oracle, "labels": voted["labels"], "pace_s": pace, "gate_labels": voted["gate_labels"],
-                  **round_counts(studio), "auto_note": studio.auto_note, "wall_s": time.time() - t0,
+                  "served_at_labels": voted["served_at_labels"], **round_counts(studio), "auto_note": studio.auto_note,
+                  "wall_s": time.time() - t0,
                   "next_pair_ms_p50": voted["next_pair_ms_p50"], "next_pair_ms_p95": voted["next_pair_ms_p95"]}
         rm = studio.rounds.reward_model
         report.update(rm_info(rm))

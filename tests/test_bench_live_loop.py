@@ -38,3 +38,15 @@ def test_a_noisy_raters_row_also_gives_its_noiseless_tastes_win_rate():
     assert "noiseless" not in live_loop.table([r])
     row = live_loop.table([{**r, "served_win_rate_taste": 0.871}]).splitlines()[2]
     assert "0.740 (0.69–0.78), 64; noiseless taste 0.871 |" in row and row.endswith("| missed (>= 0.90) |")
+
+
+def test_a_runs_section_says_at_which_label_each_version_was_first_served():
+    """Whether a 100-label run serves round 1 turns on when its trial ends: the section names that label."""
+    from studio.settings import StudioSettings
+
+    r = {**report("warm_colours", 100, 0.70, [0.6, 0.8], -0.5), "fidelity_base": 0.9, "fidelity_served": 0.89,
+         "round_verdicts": ["round-1: done/promoted"], "pace_s": 2.0}
+    assert "first served" not in live_loop.section({**r, "served_at_labels": {}}, StudioSettings(), "warm_colours")
+    text = live_loop.section({**r, "served_at_labels": {"round-1": 97, "round-2": 168}}, StudioSettings(),
+                             "warm_colours")
+    assert "| first served at label | round-1 at 97, round-2 at 168 |" in text
