@@ -124,17 +124,16 @@ class RoundRunner:
     def snapshot(self) -> dict:
         """A copy of the progress for the UI (handlers run in a thread pool)."""
         with self.lock:
-            p = dict(self.progress)
-            p["rows"] = list(p.get("rows", []))
-            return p
+            return self._copy()
+
+    def _copy(self) -> dict:  # the caller holds the lock
+        return {**self.progress, "rows": list(self.progress.get("rows", []))}
 
     def wait_for(self, until, timeout: float) -> dict | None:
-        """Block until `until(progress)` holds (checked on every change), up to `timeout` s: a snapshot of the
-        progress then, or None on timeout."""
+        """Block until `until(progress)` holds (checked on every change), up to `timeout` s: a copy of the progress
+        that satisfied it, or None on timeout."""
         with self.changed:
-            if not self.changed.wait_for(lambda: until(self.progress), timeout):
-                return None
-        return self.snapshot()
+            return self._copy() if self.changed.wait_for(lambda: until(self.progress), timeout) else None
 
     def set_state(self, state: str, waiting_on: str | None = None) -> None:
         """What the Train tab says the round does now; `waiting_on`: the version on trial whose verdict the
