@@ -70,10 +70,11 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
             token = row["rater_token"]  # kept like the browser keeps it
             spent += 1
             ab += bool(cand and cand in gens)
-            served_at.setdefault(studio.generator.version, spent)
+            if studio.generator.version != BASE:
+                served_at.setdefault(studio.generator.version, spent)
             if spent in report_at:
                 at[spent] = {"labels": spent, "gate_labels": ab, "served_version": studio.generator.version,
-                             "served_at_labels": _promoted(served_at),
+                             "served_at_labels": dict(served_at),
                              "reward_model": studio.rounds.reward_model, **round_counts(studio)}
             if spent % 10 == 0:
                 log(f"{spent} labels ({ab} A/B), serving {studio.generator.version}, candidate {cand}, "
@@ -83,13 +84,9 @@ def rate(studio: Studio, oracle, labels: int, pace: float, deadline: float, log,
             time.sleep(1.0)  # a round trained ahead that waits for votes on its parent gets none once labels are spent
         else:
             break
-    return {"labels": spent, "gate_labels": ab, "at": at, "served_at_labels": _promoted(served_at),
+    return {"labels": spent, "gate_labels": ab, "at": at, "served_at_labels": served_at,
             "next_pair_ms_p50": 1000 * float(np.median(latency)) if latency else None,
             "next_pair_ms_p95": 1000 * float(np.percentile(latency, 95)) if latency else None}
-
-
-def _promoted(served_at: dict[str, int]) -> dict[str, int]:
-    return {v: n for v, n in served_at.items() if v != BASE}
 
 
 def oracle_wins(oracle, base: list, tuned: list, prompts: list[str]) -> list[float]:
