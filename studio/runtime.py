@@ -79,6 +79,7 @@ class Studio:
                                                         max(4 * s.queue_size, s.keep_unrated)))
         self._labels_at_last_round = self.store.counts()["labelled"]
         self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []  # warm-up and automatic rounds' fits, joined by `close`
         self._gate_lock = threading.Lock()
         self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
         self._compare_scores: dict[tuple, dict] = {}  # (version, reward model, image mtimes) -> reward, fidelity
@@ -90,13 +91,25 @@ class Studio:
         if start_workers:
             self.queue.start()
             self._resume_interrupted()
-            threading.Thread(target=self._warm_up, daemon=True, name="warm-up").start()
+            self._spawn(self._warm_up, "warm-up")
             if s.snapshot_every_s and s.backup_dir:
                 threading.Thread(target=self._snapshot_loop, daemon=True, name="snapshots").start()
 
+    def _spawn(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._workers = [w for w in self._workers if w.is_alive()] + [t]
+        t.start()
+
     def close(self, wait_s: float = 60.0) -> None:
-        """Stop the pair queue and any round (waiting up to `wait_s` for the round to reach its next epoch)."""
+        """Stop the pair queue and any round (waiting up to `wait_s` for the round to reach its next epoch).
+
+        Background fits are joined first: a process that exits while a thread is inside torch aborts
+        ("terminate called without an active exception"), and a fit that ends after the cancel would start a
+        round nobody stops."""
         self._stop.set()
+        deadline = time.monotonic() + wait_s
+        for t in list(self._workers):
+            t.join(max(0.0, deadline - time.monotonic()))
         self.rounds.cancel()
         self.queue.stop()
         self.rounds.join(wait_s)
@@ -196,7 +209,7 @@ class Studio:
             except (RuntimeError, ValueError) as e:
                 self.auto_note = f"automatic round not started: {e}"
 
-        threading.Thread(target=run, name="auto-round", daemon=True).start()
+        self._spawn(run, "auto-round")
 
     def generate(self, prompt: str, seed: int) -> dict:
         """One image from the served model for `prompt` and `seed`, stored as a sample; checked before any work."""
@@ -215,6 +228,8 @@ class Studio:
 
         Refused (ValueError) when the reward model is no better than chance on its held-out pairs, unless
         `force` (an admin who has read the warning)."""
+        if self._stop.is_set():
+            raise RuntimeError("the studio is closing")
         labelled = self.store.counts()["labelled"]
         if labelled < 8:
             raise ValueError(f"need at least 8 labelled pairs to fit a reward model, have {labelled}")
@@ -228,6 +243,8 @@ class Studio:
             raise NoBetterThanChance(f"the reward model is no better than chance ({views.accuracy_text(metrics)}): a "
                              "round would learn noise. Rate more pairs, or start anyway")
         self._labels_at_last_round = labelled
+        if self._stop.is_set():  # closed while the model was fitting
+            raise RuntimeError("the studio is closing")
         return self.rounds.start(by, reward_model=rm)
 
     def cancel_round(self) -> bool:

@@ -225,3 +225,18 @@ def test_an_auto_round_refused_for_a_chance_level_reward_model_is_tried_again_af
         assert fits() == 2 and not studio.rounds.running
     finally:
         studio.close()
+
+
+def test_close_waits_for_an_automatic_rounds_fit_and_starts_no_round_after_it(tmp_path):
+    """The 10th label starts an automatic round's fit in the background; closing the studio at once joins that
+    fit (a process that exits with it inside torch aborts) and no round starts once the studio is closed."""
+    import threading
+
+    studio = make_studio(tmp_path, auto_round_every=10)
+    try:
+        label(studio, 10)
+        assert any(t.name == "auto-round" and t.is_alive() for t in threading.enumerate())
+    finally:
+        studio.close()
+    assert not [t.name for t in threading.enumerate() if t.name in ("auto-round", "warm-up") and t.is_alive()]
+    assert not studio.rounds.running and studio.store.rounds() == []
