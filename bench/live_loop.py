@@ -134,7 +134,10 @@ def round_counts(studio: Studio) -> dict:
             "rounds_promoted": sum(r.get("verdict") == "promoted" for r in rounds),
             "rounds_rejected": sum(r.get("verdict") == "rejected" for r in rounds),
             "round_verdicts": [f"round-{r['id']}: {r['status']}/{r.get('verdict') or 'no verdict yet'}"
-                               + (f": {r['verdict_reason']}" if r.get("verdict_reason") else "") for r in rounds]}
+                               + (f": {r['verdict_reason']}" if r.get("verdict_reason") else "") for r in rounds],
+            # where each round's time went (fit, pair queue, training, waiting for votes, checks), in seconds
+            "round_stage_seconds": {f"round-{r['id']}": (r.get("metrics") or {}).get("stage_seconds")
+                                    for r in rounds}}
 
 
 def section(report: dict, settings: StudioSettings, oracle: str, note: str = "") -> str:

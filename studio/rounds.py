@@ -87,8 +87,9 @@ class RoundRunner:
     def running(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
-    def start(self, by: str, resume_id: int | None = None, reward_model=None) -> int:
-        """Start a round in the background (or resume `resume_id`); `reward_model` skips the refit."""
+    def start(self, by: str, resume_id: int | None = None, reward_model=None, fit_seconds: float = 0.0) -> int:
+        """Start a round in the background (or resume `resume_id`); `reward_model` skips the refit (the caller's
+        fit took `fit_seconds`, counted in the round's stage times)."""
         with self.lock:
             if self.running:
                 raise RuntimeError("a fine-tune round is already running")
@@ -102,7 +103,8 @@ class RoundRunner:
                 rid = resume_id
             self.cancel_event.clear()
             self.progress = {"state": "starting", "round": rid, "rows": [], "epoch": 0, "waiting_on": None,
-                             "epochs": self.settings.round_epochs, "started": time.time()}
+                             "epochs": self.settings.round_epochs, "started": time.time(), "state_since": time.time(),
+                             "stage_seconds": {"fitting reward model": fit_seconds} if fit_seconds else {}}
             self.changed.notify_all()
             self.thread = threading.Thread(target=self._run, args=(rid,), name=f"round-{rid}", daemon=True)
             self.thread.start()
@@ -142,8 +144,23 @@ class RoundRunner:
 
     def _set(self, **kw) -> None:
         with self.lock:
+            old = self.progress.get("state")
+            if "state" in kw and kw["state"] != old and "state_since" in self.progress:
+                now, stages = time.time(), self.progress["stage_seconds"]
+                stage = stage_name(old)
+                stages[stage] = stages.get(stage, 0.0) + now - self.progress["state_since"]
+                self.progress["state_since"] = now
             self.progress.update(kw)
             self.changed.notify_all()
+
+    def _record_stages(self, rid: int) -> None:
+        """Add how long the round spent in each stage to its metrics (where a round's minutes go: the History
+        table and the live-loop reports show them)."""
+        with self.lock:
+            stages = {k: round(v, 1) for k, v in self.progress.get("stage_seconds", {}).items()}
+        if stages:
+            metrics = self.store.get_round(rid).get("metrics") or {}
+            self.store.update_round(rid, metrics={**metrics, "stage_seconds": stages})
 
     # ------------------------------------------------------------ the round
 
@@ -223,6 +240,11 @@ class RoundRunner:
         except Exception as e:  # the round fails; the served model and the database stay as they were
             self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
             self._set(state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
+        finally:
+            try:
+                self._record_stages(rid)
+            except Exception:  # timings are for people; a store error here must not mask the round's own end
+                pass
 
     def _recent_pairs(self, n: int = GUARD_PAIRS) -> list:
         """The last `n` rated pairs as (image_a, image_b, prompt): where the guard's weight is measured."""
@@ -240,6 +262,11 @@ class RoundRunner:
                 self.changed.notify_all()
         elif e["type"] == "resumed":
             self._set(epoch=e["epoch"], resumed_at_epoch=e["epoch"])
+
+
+def stage_name(state: str) -> str:
+    """The stage a progress state belongs to: "waiting for people's votes on round-3" -> "waiting for votes"."""
+    return "waiting for votes" if state.startswith("waiting for people's votes") else state
 
 
 def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None = None) -> RLCMConfig:

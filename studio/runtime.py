@@ -235,6 +235,7 @@ class Studio:
             raise ValueError(f"need at least 8 labelled pairs to fit a reward model, have {labelled}")
         if self.rounds.running:
             raise ValueError("a fine-tune round is already running")
+        fit_start = time.monotonic()
         try:
             rm, metrics, _, _ = self.rounds.fit_reward_model()
         except (OSError, RuntimeError, ValueError) as e:
@@ -245,7 +246,7 @@ class Studio:
         self._labels_at_last_round = labelled
         if self._stop.is_set():  # closed while the model was fitting
             raise RuntimeError("the studio is closing")
-        return self.rounds.start(by, reward_model=rm)
+        return self.rounds.start(by, reward_model=rm, fit_seconds=time.monotonic() - fit_start)
 
     def cancel_round(self) -> bool:
         return self.rounds.cancel()

@@ -104,8 +104,23 @@ def history_rows(rounds: list[dict]) -> list[dict]:
                     "reward-model score (held-out)": rew, "prompt fidelity": fid,
                     "fidelity vs base, new prompts": _confirmed(m.get("fidelity_confirmed")),
                     "epochs": _epochs(m), "train time": duration(m.get("train_seconds")),
+                    "time by stage": stage_times(m.get("stage_seconds")),
                     "finished": (r.get("finished_at") or "")[:19].replace("T", " ")})
     return out
+
+
+STAGE_LABELS = {"starting": "start", "fitting reward model": "fit", "waiting for the pair queue": "pair queue",
+                "training": "training", "waiting for votes": "waiting for votes", "checking": "checks"}
+
+
+def stage_times(stages: dict | None) -> str:
+    """"fit 4 s · pair queue 2 s · training 1 min 06 s · checks 21 s": where a round's time went (stages of
+    under half a second left out), in the order a round passes them."""
+    if not stages:
+        return "–"
+    order = [k for k in STAGE_LABELS if k in stages] + sorted(k for k in stages if k not in STAGE_LABELS)
+    parts = [f"{STAGE_LABELS.get(k, k)} {duration(stages[k])}" for k in order if stages[k] >= 0.5]
+    return " · ".join(parts) or "–"
 
 
 def _epochs(m: dict) -> str:

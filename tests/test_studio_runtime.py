@@ -122,6 +122,7 @@ def test_a_round_loads_its_trainer_once_the_pair_queue_is_full(tmp_path):
     studio.generator.generate = gated
     try:
         studio.queue.flush()
+        t0 = time.monotonic()
         studio.start_round("admin", force=True)
         assert state_becomes("waiting for the pair queue"), studio.rounds.snapshot()
         time.sleep(1.0)  # no pairs come: the round goes on waiting
@@ -130,6 +131,17 @@ def test_a_round_loads_its_trainer_once_the_pair_queue_is_full(tmp_path):
         gate.set()
         assert state_becomes("training"), studio.rounds.snapshot()
         assert studio.queue.q.full()
+        assert wait_round(studio)["state"] == "done"
+        elapsed = time.monotonic() - t0
+        # the round's time by stage, in its metrics and the History table: the queue wait the test imposed,
+        # the fit that start_round did before the round began, and no second counted twice
+        stages = studio.store.get_round(1)["metrics"]["stage_seconds"]
+        assert stages["waiting for the pair queue"] >= 1.0 and stages["fitting reward model"] > 0, stages
+        assert stages["training"] > 0 and "checking" in stages, stages
+        assert sum(stages.values()) <= elapsed + 0.5, (stages, elapsed)
+        from studio.views import history_rows
+        shown = history_rows(studio.store.rounds())[0]["time by stage"]
+        assert shown.startswith("fit ") and " · pair queue " in shown and " · training " in shown, shown
     finally:
         gate.set()
         studio.close()
