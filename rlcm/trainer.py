@@ -65,6 +65,10 @@ class RLCMConfig:
     optimizer_steps_per_epoch: int = 1
     inner_epochs: int = 1  # PPO passes over each round's samples
     lr: float = 5e-4  # the paper uses 1e-4 with 256 samples per round; the toy default takes 32
+    # epochs over which the learning rate ramps up linearly to `lr` (0: none). Adam's first steps move every
+    # weight by about lr whatever its gradient's noise; from a LoRA with nonzero B (a previous round's) that
+    # includes all of A, where from a fresh LoRA (B = 0, so A's gradient is 0) only B moves
+    lr_warmup_epochs: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-4
@@ -98,6 +102,8 @@ class RLCMConfig:
     def __post_init__(self):
         if self.prompts_per_epoch * self.images_per_prompt % self.train_batch_size:
             raise ValueError("prompts_per_epoch * images_per_prompt must be a multiple of train_batch_size")
+        if self.lr_warmup_epochs < 0:
+            raise ValueError(f"lr_warmup_epochs must be at least 0, got {self.lr_warmup_epochs}")
         if self.kl_units not in KL_UNITS:
             raise ValueError(f"kl_units {self.kl_units!r}; valid: {', '.join(KL_UNITS)}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -304,6 +310,9 @@ class RLCMTrainer:
             p.grad = None
         acc.gradient_accumulation_steps = self.accum
         acc.step = 0
+        warm = min(1.0, (self.epoch + 1) / cfg.lr_warmup_epochs) if cfg.lr_warmup_epochs else 1.0
+        for group in self.optimizer.param_groups:  # from the epoch count, so a resumed run continues the ramp
+            group["lr"] = cfg.lr * warm
         self.unet.train()
         info = {"approx_kl": [], "clipfrac": [], "loss": [], "kl_to_base": [], "grad_norm": []}
         for _ in range(cfg.inner_epochs):
@@ -329,7 +338,7 @@ class RLCMTrainer:
                     info["loss"].append(float(loss.detach()))
                     info["approx_kl"].append(0.5 * ((logp - old) ** 2).mean().item())
                     info["clipfrac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
-        return {k: float(np.mean(v)) for k, v in info.items() if v}
+        return {**{k: float(np.mean(v)) for k, v in info.items() if v}, "lr": cfg.lr * warm}
 
     # ------------------------------------------------------------ loop, checkpoints
 

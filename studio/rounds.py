@@ -153,14 +153,22 @@ class RoundRunner:
             self.progress.update(kw)
             self.changed.notify_all()
 
-    def _record_stages(self, rid: int) -> None:
-        """Add how long the round spent in each stage to its metrics (where a round's minutes go: the History
-        table and the live-loop reports show them)."""
+    def _finish(self, rid: int, **kw) -> None:
+        """End the round in state `kw["state"]`: first add how long it spent in each stage to its metrics (where a
+        round's minutes go: the History table and the live-loop reports show them), then say it ended, the
+        thread's last act (whoever waits for the end may start the next round at once)."""
         with self.lock:
-            stages = {k: round(v, 1) for k, v in self.progress.get("stage_seconds", {}).items()}
-        if stages:
+            now, stages = time.time(), self.progress.setdefault("stage_seconds", {})
+            stage = stage_name(self.progress.get("state", ""))
+            stages[stage] = stages.get(stage, 0.0) + now - self.progress.get("state_since", now)
+            self.progress["state_since"] = now
+            record = {k: round(v, 1) for k, v in stages.items()}
+        try:
             metrics = self.store.get_round(rid).get("metrics") or {}
-            self.store.update_round(rid, metrics={**metrics, "stage_seconds": stages})
+            self.store.update_round(rid, metrics={**metrics, "stage_seconds": record})
+        except Exception:  # timings are for people; a store error here must not mask how the round ended
+            pass
+        self._set(**kw)
 
     # ------------------------------------------------------------ the round
 
@@ -216,7 +224,7 @@ class RoundRunner:
             trainer.train(stop=_Either(self.cancel_event, keeper.halt))
             if self.cancel_event.is_set():
                 self.store.update_round(rid, status="cancelled")
-                self._set(state="cancelled")
+                self._finish(rid, state="cancelled")
                 return
             ev = [r for r in trainer.history if "eval_reward_mean" in r]
             handed = ev[-1] if ev else {}
@@ -236,15 +244,10 @@ class RoundRunner:
             reason = checks.reject_reason(trainer.history, out / "lora", result)
             verdict, reason = self.on_done(rid, out / "lora", reason, keeper.fallback(result["epoch_served"]))
             shutil.rmtree(keeper.earlier_dir, ignore_errors=True)  # disk: one LoRA per round stays
-            self._set(state="done", verdict=verdict, verdict_reason=reason)
+            self._finish(rid, state="done", verdict=verdict, verdict_reason=reason)
         except Exception as e:  # the round fails; the served model and the database stay as they were
             self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
-            self._set(state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
-        finally:
-            try:
-                self._record_stages(rid)
-            except Exception:  # timings are for people; a store error here must not mask the round's own end
-                pass
+            self._finish(rid, state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
 
     def _recent_pairs(self, n: int = GUARD_PAIRS) -> list:
         """The last `n` rated pairs as (image_a, image_b, prompt): where the guard's weight is measured."""
@@ -282,7 +285,7 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
         eval_every=max(1, s.round_epochs // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
         init_lora=init_lora, device=device, checkpoint_every=2,
         mixed_precision="fp16" if device.startswith("cuda") else "no",
-        kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr)
+        kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr, lr_warmup_epochs=s.round_lr_warmup if init_lora else 0)
 
 
 class FidelityKeeper:

@@ -164,6 +164,8 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     assert studio.store.get_round(1)["verdict"] == "promoted"
     log = (tmp_path / "rounds" / "1" / "log.jsonl").read_text()
     assert '"kl_to_base"' in log
+    lrs = [json.loads(line)["lr"] for line in log.splitlines() if '"lr"' in line]
+    assert lrs == [studio.settings.round_lr] * 2  # from the base: no warm-up (A's first gradient is zero)
     assert json.loads((tmp_path / "rounds" / "1" / "config.json").read_text())["kl_units"] == "x0"
     assert studio.store.get_round(1)["metrics"]["guard_weight"] > 0  # relative 0.05, scaled on the rated pairs
     version, rm_version = studio.generator.version, studio.rounds.reward_model.version
@@ -252,3 +254,15 @@ def test_close_waits_for_an_automatic_rounds_fit_and_starts_no_round_after_it(tm
         studio.close()
     assert not [t.name for t in threading.enumerate() if t.name in ("auto-round", "warm-up") and t.is_alive()]
     assert not studio.rounds.running and studio.store.rounds() == []
+
+
+def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
+    """From the base, A's first gradient is zero and the first step moves only B; from an earlier round's LoRA the
+    first Adam steps would move every weight by about lr (rlcm.trainer.RLCMConfig.lr_warmup_epochs)."""
+    from studio.rounds import round_config
+
+    s = StudioSettings(data_dir=tmp_path, round_lr_warmup=3)
+    assert round_config(s, tmp_path / "r1", 1, None).lr_warmup_epochs == 0
+    assert round_config(s, tmp_path / "r2", 2, str(tmp_path / "adapter.safetensors")).lr_warmup_epochs == 3
+    with pytest.raises(ValueError, match="round_lr_warmup"):
+        StudioSettings(data_dir=tmp_path, round_lr_warmup=-1).validate()

@@ -148,3 +148,24 @@ def test_accumulation_must_divide_the_backward_passes(tmp_path):
     assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
     with pytest.raises(ValueError, match="at least 1"):
         tiny_config(tmp_path, inner_epochs=0)
+
+
+def test_lr_warmup_scales_the_first_steps_and_a_resumed_run_continues_the_ramp(tmp_path):
+    """Adam's first step moves each weight by about lr whatever its gradient, so a warm-up of W epochs makes the
+    first step exactly 1/W of the unwarmed one (same samples); the ramp follows the epoch count across a resume."""
+    steps = {}
+    for w in (0, 4):
+        tr = make_trainer(tmp_path / f"w{w}", lr_warmup_epochs=w)
+        before = lora_params(tr)
+        trajs, rewards, prompts = tr._sample_epoch()
+        adv, _ = tr._advantages(rewards, prompts)
+        assert tr._train_epoch(trajs, adv)["lr"] == pytest.approx(tr.cfg.lr * (0.25 if w else 1.0))
+        steps[w] = torch.cat([(p - before[n]).flatten() for n, p in lora_params(tr).items()])
+    assert steps[0].abs().sum() > 0
+    torch.testing.assert_close(steps[4], steps[0] / 4, rtol=1e-3, atol=1e-7)  # float32 rounding of p - before
+    make_trainer(tmp_path / "ramp", lr_warmup_epochs=4, epochs=1).train()
+    resumed = make_trainer(tmp_path / "ramp", lr_warmup_epochs=4, epochs=3)
+    hist = resumed.train()
+    assert [r["lr"] for r in hist] == pytest.approx([resumed.cfg.lr * f for f in (0.25, 0.5, 0.75)])
+    with pytest.raises(ValueError, match="lr_warmup_epochs"):
+        tiny_config(tmp_path, lr_warmup_epochs=-1)
