@@ -15,7 +15,8 @@ Facts a reader comparing with the paper or the official code (Owen-Oertell/rlcm)
   several optimiser steps or inner epochs per round.
 - Timesteps are diffusers 0.42's `LCMScheduler.set_timesteps` (linspace over the 50-step origin grid); the
   official code uses `origin[::-skip][:n]`. They agree at 2 steps; at 8 steps 4 of the 8 timesteps differ.
-- The optimiser is AdamW at a constant learning rate; the reference uses Adam with a linear decay.
+- The optimiser is AdamW at a constant learning rate (after an optional linear warm-up, `lr_warmup_epochs`);
+  the reference uses Adam with a linear decay.
 """
 
 from __future__ import annotations
