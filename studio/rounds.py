@@ -144,25 +144,27 @@ class RoundRunner:
 
     def _set(self, **kw) -> None:
         with self.lock:
-            old = self.progress.get("state")
-            if "state" in kw and kw["state"] != old and "state_since" in self.progress:
-                now, stages = time.time(), self.progress["stage_seconds"]
-                stage = stage_name(old)
-                stages[stage] = stages.get(stage, 0.0) + now - self.progress["state_since"]
-                self.progress["state_since"] = now
+            if "state" in kw and kw["state"] != self.progress.get("state"):
+                self._close_stage()
             self.progress.update(kw)
             self.changed.notify_all()
+
+    def _close_stage(self) -> None:
+        """Add the time since the current state began to its stage's total (the caller holds the lock)."""
+        if "state_since" not in self.progress:  # idle: no round's clock runs
+            return
+        now, stages = time.time(), self.progress["stage_seconds"]
+        stage = stage_name(self.progress.get("state", ""))
+        stages[stage] = stages.get(stage, 0.0) + now - self.progress["state_since"]
+        self.progress["state_since"] = now
 
     def _finish(self, rid: int, **kw) -> None:
         """End the round in state `kw["state"]`: first add how long it spent in each stage to its metrics (where a
         round's minutes go: the History table and the live-loop reports show them), then say it ended, the
         thread's last act (whoever waits for the end may start the next round at once)."""
         with self.lock:
-            now, stages = time.time(), self.progress.setdefault("stage_seconds", {})
-            stage = stage_name(self.progress.get("state", ""))
-            stages[stage] = stages.get(stage, 0.0) + now - self.progress.get("state_since", now)
-            self.progress["state_since"] = now
-            record = {k: round(v, 1) for k, v in stages.items()}
+            self._close_stage()
+            record = {k: round(v, 1) for k, v in self.progress.get("stage_seconds", {}).items()}
         try:
             metrics = self.store.get_round(rid).get("metrics") or {}
             self.store.update_round(rid, metrics={**metrics, "stage_seconds": record})
