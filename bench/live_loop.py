@@ -250,7 +250,8 @@ def main() -> None:
         ap.error("--oracle is required")
     oracle = load_rater(args.oracle)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="live-loop-"))
-    overrides = dict(auto_round_every=10, round_epochs=2, round_prompts=2, compare_prompts=2) if args.quick else {}
+    overrides = dict(auto_round_every=10, round_epochs=2, round_epochs_base_factor=1.0, round_prompts=2,
+                     compare_prompts=2) if args.quick else {}
     for item in args.set:
         name, _, value = item.partition("=")
         if name in text_choices():  # StudioSettings checks the value

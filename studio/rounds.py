@@ -274,6 +274,11 @@ def stage_name(state: str) -> str:
     return "waiting for votes" if state.startswith("waiting for people's votes") else state
 
 
+def round_epochs(s: StudioSettings, init_lora: str | None = None) -> int:
+    """Epochs of a round from `init_lora` (None: from the base, which trains `round_epochs_base_factor` x longer)."""
+    return s.round_epochs if init_lora else max(1, round(s.round_epochs * s.round_epochs_base_factor))
+
+
 def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None = None) -> RLCMConfig:
     """The RLCMConfig of a studio round (`init_lora`: the served adapter it starts from, None for the base)."""
     from rlcm.trainer import RLCMConfig
@@ -281,10 +286,10 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
     device = pick_device(s.device)  # as the served pipeline decides it: unset on a CUDA machine is CUDA
     return RLCMConfig(
         model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
-        num_steps=s.steps, guidance_scale=s.guidance, epochs=s.round_epochs,
+        num_steps=s.steps, guidance_scale=s.guidance, epochs=round_epochs(s, init_lora),
         prompts_per_epoch=s.round_prompts, images_per_prompt=ROUND_IMAGES_PER_PROMPT,
         sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
-        eval_every=max(1, s.round_epochs // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
+        eval_every=max(1, round_epochs(s, init_lora) // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
         init_lora=init_lora, device=device, checkpoint_every=2,
         mixed_precision="fp16" if device.startswith("cuda") else "no",
         kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr, lr_warmup_epochs=s.round_lr_warmup if init_lora else 0)

@@ -77,7 +77,9 @@ class Studio:
         # else the queue's window (512 ids) outweighs a small keep_unrated and unrated samples pile up to it
         self.queue.shown = collections.deque(maxlen=min(self.queue.shown.maxlen or 512,
                                                         max(4 * s.queue_size, s.keep_unrated)))
-        self._labels_at_last_round = self.store.counts()["labelled"]
+        # labels counted towards the next automatic round; a studio without rounds starts its first one sooner
+        self._labels_at_last_round = (self.store.counts()["labelled"] if self.store.rounds()
+                                      else s.auto_round_first - s.auto_round_every)
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []  # warm-up and automatic rounds' fits, joined by `close`
         self._gate_lock = threading.Lock()

@@ -35,6 +35,8 @@ RANGES: dict[str, tuple[type, float, float]] = {
     "round_lr_warmup": (int, 0, 1000),
     "round_batch": (int, 0, 1024),
     "auto_round_every": (int, 0, 1_000_000),
+    "auto_round_first": (int, 8, 1_000_000),  # the reward model's fit needs 8 labelled pairs
+    "round_epochs_base_factor": (float, 0.1, 100.0),
     # their checks
     "round_eval_prompts": (int, 1, 1024),
     "confirm_prompts": (int, 0, 1024),  # 0: no confirmation on new prompts
@@ -126,6 +128,13 @@ class StudioSettings:
     # 0.63 -> 0.96, +2.7 -> -8.4); live loop at 300 labels, 8 epochs: big_centred served 0.66 (24: base, every
     # round rejected), warm_colours 0.80 after 3 promoted rounds (24: 0.81 after 2). RESULTS, "Round length"
     round_epochs: int = 8
+    # RLCM_ROUND_EPOCHS_BASE_FACTOR: a round that starts from the base model trains round_epochs x this (12 of 8).
+    # Its LoRA starts at zero, so its first epochs move the images least, and no earlier round has spent any of the
+    # fidelity allowance. One round from the base, 16 prompts per epoch, 64 held-out images (bench/round_probe.py):
+    # big_centred's 20-label reward model won 0.71 after 8 epochs and 0.89 after 12 (fidelity on 256 new images
+    # +4.4 and +0.9 points), its 10-label one 0.63 and 0.77; warm_colours' 14- and 25-label ones 0.60 / 0.55 after
+    # 8 and 0.56 / 0.48 after 12, where people's votes reject it (RESULTS, "Round probe: rounds from the base")
+    round_epochs_base_factor: float = 1.5
     # RLCM_ALIGNMENT_GUARD: rounds optimise reward model + w x CLIP prompt score (x100), w chosen so that the
     # guard's within-pair differences on the last rated pairs are this share of the reward model's
     # (rlcm.rewards.relative_weight). Toy, warm_colours, 30 labels: an absolute 0.2 outweighed the reward
@@ -162,6 +171,9 @@ class StudioSettings:
     # (SD-1.5's memory)
     round_batch: int = 0
     auto_round_every: int = 20  # RLCM_AUTO_ROUND: start a round every N new labels (0: off)
+    # RLCM_AUTO_ROUND_FIRST: a studio without rounds starts its first automatic one at this many labels (then every
+    # auto_round_every): on a 2-core CPU round 1 reached its vote only near label 90 when it started at 20-30
+    auto_round_first: int = 10
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
     pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists (its least certain pair shown)
@@ -206,9 +218,11 @@ class StudioSettings:
             round_epochs=_env("RLCM_ROUND_EPOCHS", cls.round_epochs, int),
             round_lr=_env("RLCM_ROUND_LR", cls.round_lr, float),
             round_lr_warmup=_env("RLCM_ROUND_LR_WARMUP", cls.round_lr_warmup, int),
+            round_epochs_base_factor=_env("RLCM_ROUND_EPOCHS_BASE_FACTOR", cls.round_epochs_base_factor, float),
             round_prompts=_env("RLCM_ROUND_PROMPTS", cls.round_prompts, int),
             round_batch=_env("RLCM_ROUND_BATCH", cls.round_batch, int),
             auto_round_every=_env("RLCM_AUTO_ROUND", cls.auto_round_every, int),
+            auto_round_first=_env("RLCM_AUTO_ROUND_FIRST", cls.auto_round_first, int),
             ab_fraction=_env("RLCM_AB_FRACTION", cls.ab_fraction, float),
             ab_draws=_env("RLCM_AB_DRAWS", cls.ab_draws, int),
             gate_confidence=_env("RLCM_GATE_CONFIDENCE", cls.gate_confidence, float),

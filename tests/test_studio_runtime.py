@@ -256,6 +256,21 @@ def test_close_waits_for_an_automatic_rounds_fit_and_starts_no_round_after_it(tm
     assert not studio.rounds.running and studio.store.rounds() == []
 
 
+def test_a_studio_without_rounds_starts_its_first_automatic_round_at_auto_round_first_labels(tmp_path):
+    """Round 1 starts after `auto_round_first` labels, not a whole `auto_round_every`: people wait for it."""
+    import threading
+
+    studio = make_studio(tmp_path, auto_round_every=20, auto_round_first=9)
+    started = lambda: any(t.name == "auto-round" for t in threading.enumerate())  # noqa: E731
+    try:
+        label(studio, 8)
+        assert not started() and studio.store.rounds() == []
+        label(studio, 1)
+        assert started()
+    finally:
+        studio.close()
+
+
 def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     """From the base, A's first gradient is zero and the first step moves only B; from an earlier round's LoRA the
     first Adam steps would move every weight by about lr (rlcm.trainer.RLCMConfig.lr_warmup_epochs)."""
@@ -264,5 +279,11 @@ def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     s = StudioSettings(data_dir=tmp_path, round_lr_warmup=3)
     assert round_config(s, tmp_path / "r1", 1, None).lr_warmup_epochs == 0
     assert round_config(s, tmp_path / "r2", 2, str(tmp_path / "adapter.safetensors")).lr_warmup_epochs == 3
+    # and rounds from the base train longer: their LoRA starts at zero, and no fidelity allowance is spent yet
+    s = StudioSettings(data_dir=tmp_path, round_epochs=8, round_epochs_base_factor=1.5)
+    assert round_config(s, tmp_path / "r1", 1, None).epochs == 12
+    assert round_config(s, tmp_path / "r2", 2, str(tmp_path / "adapter.safetensors")).epochs == 8
+    with pytest.raises(ValueError, match="round_epochs_base_factor"):
+        StudioSettings(data_dir=tmp_path, round_epochs_base_factor=0).validate()
     with pytest.raises(ValueError, match="round_lr_warmup"):
         StudioSettings(data_dir=tmp_path, round_lr_warmup=-1).validate()
