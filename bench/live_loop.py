@@ -143,8 +143,11 @@ def round_counts(studio: Studio) -> dict:
 def section(report: dict, settings: StudioSettings, oracle: str, note: str = "") -> str:
     lo, hi = report["served_win_rate_interval90"]
     rm = report.get("rm_accuracy_heldout_prompts_n") is not None
-    return (f"`studio.runtime.Studio` with the app's defaults (auto round every {settings.auto_round_every} labels, "
-            f"{settings.round_epochs} epochs, guard {settings.alignment_guard:g}, A/B share {settings.ab_fraction:g}); "
+    from studio.rounds import round_epochs
+
+    return (f"`studio.runtime.Studio` with the app's defaults (first automatic round at {settings.auto_round_first} "
+            f"labels, then every {settings.auto_round_every}; {round_epochs(settings)} epochs from the base, "
+            f"{settings.round_epochs} from an earlier round, guard {settings.alignment_guard:g}, A/B share {settings.ab_fraction:g}); "
             f"oracle `{oracle}` votes through `Studio.next_pair`/`Studio.vote` every {report['pace_s']:g} s.{note}\n\n"
             "| figure | value |\n|---|---|\n"
             f"| labels (of them A/B) | {report['labels']} ({report['gate_labels']}) |\n"

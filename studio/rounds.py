@@ -284,12 +284,15 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
     from rlcm.trainer import RLCMConfig
 
     device = pick_device(s.device)  # as the served pipeline decides it: unset on a CUDA machine is CUDA
+    epochs = round_epochs(s, init_lora)
     return RLCMConfig(
         model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
-        num_steps=s.steps, guidance_scale=s.guidance, epochs=round_epochs(s, init_lora),
+        num_steps=s.steps, guidance_scale=s.guidance, epochs=epochs,
         prompts_per_epoch=s.round_prompts, images_per_prompt=ROUND_IMAGES_PER_PROMPT,
         sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
-        eval_every=max(1, round_epochs(s, init_lora) // 12), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
+        # the keeper picks among evaluated epochs, and an evaluation costs about a fifth of an epoch (RESULTS,
+        # "Round batch size"): 6-8 of them (every epoch of 8, every other of 12)
+        eval_every=max(1, epochs // 6), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
         init_lora=init_lora, device=device, checkpoint_every=2,
         mixed_precision="fp16" if device.startswith("cuda") else "no",
         kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr, lr_warmup_epochs=s.round_lr_warmup if init_lora else 0)

@@ -77,9 +77,9 @@ class Studio:
         # else the queue's window (512 ids) outweighs a small keep_unrated and unrated samples pile up to it
         self.queue.shown = collections.deque(maxlen=min(self.queue.shown.maxlen or 512,
                                                         max(4 * s.queue_size, s.keep_unrated)))
-        # labels counted towards the next automatic round; a studio without rounds starts its first one sooner
-        self._labels_at_last_round = (self.store.counts()["labelled"] if self.store.rounds()
-                                      else s.auto_round_first - s.auto_round_every)
+        # labels when the last automatic round was due; None: this studio has had no round, and its first
+        # automatic one comes after `auto_round_first` labels, not a whole `auto_round_every`
+        self._labels_at_last_round: int | None = self.store.counts()["labelled"] if self.store.rounds() else None
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []  # warm-up and automatic rounds' fits, joined by `close`
         self._gate_lock = threading.Lock()
@@ -187,13 +187,16 @@ class Studio:
         return stats.get(rater, 0), self.store.counts()["comparisons"]
 
     def _maybe_auto_round(self) -> None:
-        """Every `auto_round_every` new labels, when no round runs, start a round in the background (from the
-        candidate on trial, if any, at most once per candidate: see `_start_adapter`), unless the freshly fitted
-        reward model is no better than chance (then the next try comes AUTO_RETRY_LABELS labels later)."""
+        """Every `auto_round_every` new labels (the first time `auto_round_first`), when no round runs, start a
+        round in the background (from the candidate on trial, if any, at most once per candidate: see
+        `_start_adapter`), unless the freshly fitted reward model is no better than chance (then the next try
+        comes AUTO_RETRY_LABELS labels later)."""
         n = self.settings.auto_round_every
         with self._gate_lock:
             labelled = self.store.counts()["labelled"]
-            if not n or labelled - self._labels_at_last_round < n or self.rounds.running:
+            last = self._labels_at_last_round
+            due = n if last is not None else self.settings.auto_round_first
+            if not n or labelled - (last or 0) < due or self.rounds.running:
                 return
             cand = self.generator.candidate
             if cand and any(_parent_of(r) == cand for r in self.store.rounds()):

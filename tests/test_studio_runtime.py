@@ -281,8 +281,9 @@ def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     assert round_config(s, tmp_path / "r2", 2, str(tmp_path / "adapter.safetensors")).lr_warmup_epochs == 3
     # and rounds from the base train longer: their LoRA starts at zero, and no fidelity allowance is spent yet
     s = StudioSettings(data_dir=tmp_path, round_epochs=8, round_epochs_base_factor=1.5)
-    assert round_config(s, tmp_path / "r1", 1, None).epochs == 12
-    assert round_config(s, tmp_path / "r2", 2, str(tmp_path / "adapter.safetensors")).epochs == 8
+    base, chained = round_config(s, tmp_path / "r1", 1, None), round_config(s, tmp_path / "r2", 2, "adapter")
+    assert (base.epochs, chained.epochs) == (12, 8)
+    assert (base.eval_every, chained.eval_every) == (2, 1)  # 6-8 evaluated epochs for the keeper to choose among
     with pytest.raises(ValueError, match="round_epochs_base_factor"):
         StudioSettings(data_dir=tmp_path, round_epochs_base_factor=0).validate()
     with pytest.raises(ValueError, match="round_lr_warmup"):
