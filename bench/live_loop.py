@@ -40,6 +40,7 @@ from feedback.pairs import LABEL  # noqa: E402
 from results import results_path, update_section  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
 from studio import checks, gate  # noqa: E402
+from studio.rounds import round_epochs  # noqa: E402
 from studio.runtime import Studio  # noqa: E402
 from studio.serving import BASE  # noqa: E402
 from studio.settings import RANGES, StudioSettings, coerce, text_choices  # noqa: E402
@@ -143,11 +144,10 @@ def round_counts(studio: Studio) -> dict:
 def section(report: dict, settings: StudioSettings, oracle: str, note: str = "") -> str:
     lo, hi = report["served_win_rate_interval90"]
     rm = report.get("rm_accuracy_heldout_prompts_n") is not None
-    from studio.rounds import round_epochs
-
     return (f"`studio.runtime.Studio` with the app's defaults (first automatic round at {settings.auto_round_first} "
             f"labels, then every {settings.auto_round_every}; {round_epochs(settings)} epochs from the base, "
-            f"{settings.round_epochs} from an earlier round, guard {settings.alignment_guard:g}, A/B share {settings.ab_fraction:g}); "
+            f"{settings.round_epochs} from an earlier round, guard {settings.alignment_guard:g}, "
+            f"A/B share {settings.ab_fraction:g}); "
             f"oracle `{oracle}` votes through `Studio.next_pair`/`Studio.vote` every {report['pace_s']:g} s.{note}\n\n"
             "| figure | value |\n|---|---|\n"
             f"| labels (of them A/B) | {report['labels']} ({report['gate_labels']}) |\n"

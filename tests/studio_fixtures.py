@@ -13,7 +13,8 @@ PASSWORD = "s3cret-admin"
 # images (the candidate differs from the base) while its fidelity stays within the keeper's 2 points on any thread
 # count or pair order. No confirmation on new prompts: on a test-sized set (32 images, standard error ~2 points)
 # it rejects such rounds at random; test_gate tests it with LoRAs far from the limit.
-TEST_ROUNDS = dict(round_epochs=2, round_epochs_base_factor=1.0, round_lr=1e-3, round_eval_prompts=16, confirm_prompts=0)
+TEST_ROUNDS = dict(round_epochs=2, round_epochs_base_factor=1.0, round_lr=1e-3, round_eval_prompts=16,
+                   confirm_prompts=0)
 
 
 def launch_studio(tmp: Path, **overrides):
