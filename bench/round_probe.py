@@ -6,6 +6,7 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1  # ... and a KL anchor to the base (kl_coef)
     python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1 x0  # ... in x0 units (RLCMConfig.kl_units)
     python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
+    python bench/round_probe.py RM_DIR rel 0.25 12 --switch 3:RM_25,6:RM_40  # reward model refitted mid-round
 
 RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
 round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch, no evaluation),
@@ -44,6 +45,11 @@ def main() -> None:
         i = sys.argv.index("--at")
         at = [int(e) for e in sys.argv[i + 1].split(",")]
         del sys.argv[i:i + 2]
+    switch = {}
+    if "--switch" in sys.argv:  # after these epochs the round goes on with another reward model (a later refit)
+        i = sys.argv.index("--switch")
+        switch = {int(e): d for e, d in (item.split(":", 1) for item in sys.argv[i + 1].split(","))}
+        del sys.argv[i:i + 2]
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
@@ -51,15 +57,19 @@ def main() -> None:
     kl_units = sys.argv[8] if len(sys.argv) > 8 else "action"
     oracle = load_rater(os.environ.get("PROBE_ORACLE", "warm_colours"))
     rm = reward_model.load(rm_dir)
-    work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}")
+    tag = "_switch" + "-".join(f"{e}" for e in sorted(switch)) if switch else ""
+    work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
-    score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
     pairs = None
     if mode == "rel":  # scaled on base samples, 8 prompts x 4 pairs (the studio scales on rated pairs)
         prompts = [p for p in get_prompts("toy", "train", 8, seed=0)[:8] for _ in range(8)]
         imgs = gen.generate(prompts, list(range(len(prompts))), version=BASE)[0]
         pairs = [(imgs[i], imgs[i + 1], prompts[i]) for i in range(0, len(imgs), 2)]
-    scorer = with_alignment_guard(score, rm.clip, k, pairs=pairs)
+    def guarded(rm):
+        score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
+        return with_alignment_guard(score, rm.clip, k, pairs=pairs)
+
+    scorer = guarded(rm)
     cfg = RLCMConfig(model="toy-lcm", reward="preference", prompt_set="toy", num_steps=4, guidance_scale=8.0,
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
@@ -83,11 +93,21 @@ def main() -> None:
                           "fidelity_change_points": round(100 * (ft - fb), 1),
                           "fidelity_confirmed_points": round(confirmed["change_points"], 1),
                           "fidelity_confirmed_se": round(confirmed["se_points"], 1),
+                          "switch": {e: Path(d).name for e, d in sorted(switch.items())},
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)
     trainer.callbacks.append(lambda e: measure(trainer, e["epoch"]) if e["type"] == "epoch" and e["epoch"] in at
                              and e["epoch"] < epochs else None)
+
+    def swap(e: dict) -> None:
+        if e["type"] == "epoch" and e["epoch"] in switch:
+            from rlcm.stats import PerPromptStatTracker
+
+            trainer.reward_fn = guarded(reward_model.load(switch[e["epoch"]]))
+            trainer.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)  # rewards on a new scale
+
+    trainer.callbacks.append(swap)
     trainer.train()
     measure(trainer, epochs)
 

@@ -19,6 +19,8 @@ def reward_figure(rows: list[dict], title: str = "RLCM", size: tuple[float, floa
         ax.plot([r["epoch"] for r in tr], [r["reward_mean"] for r in tr], label="train reward", alpha=0.6)
     if ev:
         ax.plot([r["epoch"] for r in ev], [r["eval_reward_mean"] for r in ev], "o-", label="held-out reward")
+    for i, r in enumerate(r for r in rows if "reward_model_refit" in r):  # a studio round changed reward models
+        ax.axvline(r["epoch"], color="grey", ls=":", lw=1, label="reward model refitted" if i == 0 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("reward")
     ax.set_title(title)

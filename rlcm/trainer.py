@@ -231,6 +231,13 @@ class RLCMTrainer:
             out += self.policy.sample(prompts[i:i + bs], generator=gens).images
         return out
 
+    def set_reward_fn(self, reward_fn) -> None:
+        """Score from the next sampled batch on with `reward_fn` (e.g. a reward model refitted on more labels).
+        Each epoch scores its own fresh samples, so the update stays on-policy; the per-prompt statistics start
+        over, since the earlier rewards are on the old function's scale."""
+        self.reward_fn = reward_fn
+        self.stats = PerPromptStatTracker(self.cfg.stat_buffer_size, self.cfg.stat_min_count)
+
     def evaluate(self, base: bool = False) -> dict:
         """Mean reward (and toy fidelity) on held-out prompts with fixed seeds; of the base model (adapters
         disabled) with `base`."""

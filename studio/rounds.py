@@ -80,6 +80,7 @@ class RoundRunner:
         self.cancel_event = threading.Event()
         self.progress: dict = {"state": "idle"}
         self.reward_model = None  # the latest fitted or imported reward model
+        self.reward_model_labels = 0  # labels in the store when it was fitted (a running round refits after more)
 
     # ------------------------------------------------------------ control
 
@@ -179,15 +180,15 @@ class RoundRunner:
         from rlcm.clip import load_clip
 
         clip = load_clip(self.settings.clip, device="cpu", pretrained=self.settings.clip_pretrained)
+        labels = self.store.counts()["labelled"]
         rm, metrics = reward_model.fit(self.store, clip, reward_model.FitConfig())
         out = self.settings.data_dir / "reward_models" / rm.version
         directory, zip_path = reward_model.export(rm, out, metrics)
-        self.reward_model = rm
+        self.reward_model, self.reward_model_labels = rm, labels
         write_json(self.settings.data_dir / "reward_model.json", {"version": rm.version})
         return rm, metrics, directory, zip_path
 
     def _run(self, rid: int) -> None:
-        from rlcm.rewards import with_alignment_guard
         from rlcm.trainer import RLCMTrainer, resume_config
 
         yield_cpu()
@@ -201,9 +202,11 @@ class RoundRunner:
             if rm_dir and Path(rm_dir).exists():  # resuming, or fitted by the caller: keep that reward model
                 import reward_model
 
-                rm = self.reward_model if (self.reward_model is not None and self.reward_model.version ==
-                                           row["reward_model_version"]) else reward_model.load(rm_dir)
-                self.reward_model = rm
+                if self.reward_model is None or self.reward_model.version != row["reward_model_version"]:
+                    # a resumed round: its model was fitted on fewer labels than there are now, by how many unknown
+                    self.reward_model = reward_model.load(rm_dir)
+                    self.reward_model_labels = self.store.counts()["labelled"]
+                rm = self.reward_model
                 metrics = rm.metrics or {}
             else:
                 rm, metrics, rm_dir, _ = self.fit_reward_model()
@@ -217,12 +220,11 @@ class RoundRunner:
             # a resumed round keeps the settings it started with
             cfg = resume_config(round_config(s, out, rid, init if init and Path(init).exists() else None))
             self._set(epochs=cfg.epochs)
-            scorer = with_alignment_guard(
-                lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
-                rm.clip, s.alignment_guard, pairs=self._recent_pairs())
-            trainer = RLCMTrainer(cfg, reward_fn=scorer, callbacks=[self._on_event])
+            trainer = RLCMTrainer(cfg, reward_fn=self._scorer(rm), callbacks=[self._on_event])
             keeper = FidelityKeeper(trainer, out / "lora-kept")
-            trainer.callbacks.append(keeper)
+            refits: list[dict] = []  # the round's refits: {"epoch", "labels", "version", "used", model metrics}
+            fitted_at = self.reward_model_labels
+            trainer.callbacks += [keeper, lambda e: self._maybe_refit(e, trainer, rid, fitted_at, refits)]
             trainer.train(stop=_Either(self.cancel_event, keeper.halt))
             if self.cancel_event.is_set():
                 self.store.update_round(rid, status="cancelled")
@@ -233,11 +235,18 @@ class RoundRunner:
             if keeper.kept is not None and keeper.kept["epoch"] < trainer.epoch:  # later epochs lost fidelity
                 handed = next(r for r in ev if r["epoch"] == keeper.kept["epoch"])
                 replace_lora(out / "lora", out / "lora-kept")
-            result = {"reward_model": rm_metrics, "guard_weight": getattr(scorer, "guard_weight", 0.0),
+            before, after = (ev[0]["eval_reward_mean"] if ev else None), handed.get("eval_reward_mean")
+            swaps = [r for r in refits if r["used"]]
+            if swaps:  # held-out rewards are comparable only under one model: the last one's
+                before = trainer.evaluate(base=True)["eval_reward_mean"]
+                after = after if handed.get("epoch", 0) > swaps[-1]["epoch"] else None
+                rm_metrics = {k: swaps[-1].get(k) for k in RM_KEYS}
+            result = {"reward_model": rm_metrics, "guard_weight": getattr(trainer.reward_fn, "guard_weight", 0.0),
                       "epochs": trainer.epoch, "epoch_served": handed.get("epoch", trainer.epoch),
-                      "train_seconds": trainer.train_seconds,
-                      "reward_before": ev[0]["eval_reward_mean"] if ev else None,
-                      "reward_after": handed.get("eval_reward_mean")}
+                      "train_seconds": trainer.train_seconds, "reward_before": before, "reward_after": after}
+            if swaps:
+                result["reward_model_refits"] = [{k: r.get(k) for k in ("epoch", "n_pairs", "version", "guard_weight")}
+                                             for r in swaps]
             if ev and "eval_fidelity" in ev[0]:
                 result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=handed["eval_fidelity"],
                               fidelity_base=keeper.base)
@@ -250,6 +259,42 @@ class RoundRunner:
         except Exception as e:  # the round fails; the served model and the database stay as they were
             self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
             self._finish(rid, state="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=5))
+
+    def _scorer(self, rm):
+        """The round's reward: `rm`'s score plus the alignment guard, scaled on the last rated pairs."""
+        from rlcm.rewards import with_alignment_guard
+
+        return with_alignment_guard(
+            lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
+            rm.clip, self.settings.alignment_guard, pairs=self._recent_pairs())
+
+    def _maybe_refit(self, e: dict, trainer, rid: int, fitted_at: int, refits: list[dict]) -> None:
+        """Trainer callback: after an epoch, once `round_rm_refresh` labels arrived since the round's reward model
+        was fitted, refit it on all labels and train the remaining epochs on the new one, if it beats chance (else
+        the round goes on with the model it has). A round that starts at 10 labels trains while people rate
+        dozens more: its later epochs learn from them."""
+        every, labelled = self.settings.round_rm_refresh, self.store.counts()["labelled"]
+        since = refits[-1]["labels"] if refits else fitted_at
+        if (not every or e["type"] != "epoch" or e["epoch"] >= trainer.cfg.epochs or labelled - since < every
+                or self.cancel_event.is_set()):
+            return
+        try:
+            rm, metrics, _, _ = self.fit_reward_model()
+        except (OSError, RuntimeError, ValueError):  # the round goes on with the model it has
+            return
+        used = metrics.get("better_than_chance", True)
+        refits.append({"epoch": e["epoch"], "labels": self.reward_model_labels, "version": rm.version, "used": used,
+                       **{k: metrics.get(k) for k in RM_KEYS}})
+        if not used:
+            return
+        trainer.set_reward_fn(scorer := self._scorer(rm))
+        refits[-1]["guard_weight"] = getattr(scorer, "guard_weight", 0.0)
+        self.store.update_round(rid, reward_model_version=rm.version)  # a resumed round goes on with this one
+        with self.lock:
+            self.progress["reward_model"] = {k: metrics.get(k) for k in RM_KEYS}
+            self.progress["rows"] = self.progress.get("rows", []) + [
+                {"epoch": e["epoch"], "reward_model_refit": metrics.get("n_pairs")}]
+            self.changed.notify_all()
 
     def _recent_pairs(self, n: int = GUARD_PAIRS) -> list:
         """The last `n` rated pairs as (image_a, image_b, prompt): where the guard's weight is measured."""

@@ -37,6 +37,7 @@ RANGES: dict[str, tuple[type, float, float]] = {
     "auto_round_every": (int, 0, 1_000_000),
     "auto_round_first": (int, 8, 1_000_000),  # the reward model's fit needs 8 labelled pairs
     "round_epochs_base_factor": (float, 0.1, 100.0),
+    "round_rm_refresh": (int, 0, 1_000_000),
     # their checks
     "round_eval_prompts": (int, 1, 1024),
     "confirm_prompts": (int, 0, 1024),  # 0: no confirmation on new prompts
@@ -135,6 +136,14 @@ class StudioSettings:
     # +4.4 and +0.9 points), its 10-label one 0.63 and 0.77; warm_colours' 14- and 25-label ones 0.60 / 0.55 after
     # 8 and 0.56 / 0.48 after 12, where people's votes reject it (RESULTS, "Round probe: rounds from the base")
     round_epochs_base_factor: float = 1.5
+    # RLCM_ROUND_RM_REFRESH: once this many labels arrived since a running round's reward model was fitted, the
+    # round refits it between two epochs and trains the rest on the new one (0: off). Each epoch samples and
+    # scores its own images, so the update stays on-policy; only the per-prompt statistics start over. Round 1
+    # starts at 10 labels and people rate about 60 more while it trains: one round from the base, 12 epochs, the
+    # same seeds (bench/round_probe.py --switch): big_centred's 10-label model won 0.67 alone and 0.80 refitted
+    # at 25 / 40 / 55 labels after epochs 3 / 6 / 9; warm_colours' 15-label one 0.66 and 0.68. A refit costs
+    # 4-7 s of the round (RESULTS, "Round probe: refitting the reward model mid-round")
+    round_rm_refresh: int = 15
     # RLCM_ALIGNMENT_GUARD: rounds optimise reward model + w x CLIP prompt score (x100), w chosen so that the
     # guard's within-pair differences on the last rated pairs are this share of the reward model's
     # (rlcm.rewards.relative_weight). Toy, warm_colours, 30 labels: an absolute 0.2 outweighed the reward
@@ -219,6 +228,7 @@ class StudioSettings:
             round_lr=_env("RLCM_ROUND_LR", cls.round_lr, float),
             round_lr_warmup=_env("RLCM_ROUND_LR_WARMUP", cls.round_lr_warmup, int),
             round_epochs_base_factor=_env("RLCM_ROUND_EPOCHS_BASE_FACTOR", cls.round_epochs_base_factor, float),
+            round_rm_refresh=_env("RLCM_ROUND_RM_REFRESH", cls.round_rm_refresh, int),
             round_prompts=_env("RLCM_ROUND_PROMPTS", cls.round_prompts, int),
             round_batch=_env("RLCM_ROUND_BATCH", cls.round_batch, int),
             auto_round_every=_env("RLCM_AUTO_ROUND", cls.auto_round_every, int),

@@ -68,6 +68,7 @@ def round_progress(p: dict, now: float | None = None) -> str:
                 text += f" · ETA {duration(max(0.0, per * (epochs - epoch) - (now - p['epoch_at'])))}"
     if p.get("reward_model"):
         text += f" · reward model held-out accuracy {accuracy_text(p['reward_model'])}"
+        text += _refits([r["epoch"] for r in p.get("rows", []) if "reward_model_refit" in r])
     if p.get("verdict"):
         text += f" · result: **{p['verdict']}**" + (f" ({redact(p['verdict_reason'])})" if p.get("verdict_reason") else "")
     if p.get("error"):
@@ -100,7 +101,9 @@ def history_rows(rounds: list[dict]) -> list[dict]:
         out.append({"round": r["id"], "status": r["status"], "verdict": r.get("verdict") or "–",
                     "why": redact(r.get("verdict_reason") or r.get("error") or ""),
                     "by": (r.get("config") or {}).get("by", ""), "from": (r.get("config") or {}).get("init_version", ""),
-                    "reward-model accuracy": accuracy_text(rm) if rm else "–",
+                    "reward-model accuracy": (accuracy_text(rm) + _refits([x["epoch"] for x in
+                                                                           m.get("reward_model_refits", [])])
+                                              if rm else "–"),
                     "reward-model score (held-out)": rew, "prompt fidelity": fid,
                     "fidelity vs base, new prompts": _confirmed(m.get("fidelity_confirmed")),
                     "epochs": _epochs(m), "train time": duration(m.get("train_seconds")),
@@ -121,6 +124,12 @@ def stage_times(stages: dict | None) -> str:
     order = [k for k in STAGE_LABELS if k in stages] + sorted(k for k in stages if k not in STAGE_LABELS)
     parts = [f"{STAGE_LABELS.get(k, k)} {duration(stages[k])}" for k in order if stages[k] >= 0.5]
     return " · ".join(parts) or "–"
+
+
+def _refits(epochs: list[int]) -> str:
+    """" · refitted on new labels after epochs 3, 6": where a round went on with a newer reward model."""
+    return f" · refitted on new labels after epoch{'s' if len(epochs) > 1 else ''} " + \
+        ", ".join(map(str, epochs)) if epochs else ""
 
 
 def _epochs(m: dict) -> str:

@@ -31,14 +31,14 @@ def make_studio(tmp_path, **kw):
     return Studio(s)
 
 
-def label(studio, n):
+def label(studio, n, taste=None):
     from PIL import Image
 
     from feedback.raters import warm_colours
 
     for _ in range(n):
         p = studio.next_pair()
-        choice = warm_colours(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"])
+        choice = (taste or warm_colours)(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"])
         row = studio.vote(studio.rater("sim", TOKENS.get((studio, "sim"))), p["a"], p["b"], choice, str(uuid.uuid4()))
         TOKENS[(studio, "sim")] = row["rater_token"]
 
@@ -288,3 +288,39 @@ def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
         StudioSettings(data_dir=tmp_path, round_epochs_base_factor=0).validate()
     with pytest.raises(ValueError, match="round_lr_warmup"):
         StudioSettings(data_dir=tmp_path, round_lr_warmup=-1).validate()
+
+
+def test_a_round_refits_its_reward_model_on_labels_that_arrive_while_it_trains(tmp_path):
+    """Round 1 starts at a handful of labels and trains while people rate more: once `round_rm_refresh` new labels
+    arrived, the round refits the reward model between epochs and trains the rest on the new one, which is then
+    the studio's, the round's (a resume goes on with it) and what its History row reports."""
+    from studio.views import history_rows
+
+    from feedback.raters import big_centred
+
+    studio = make_studio(tmp_path, round_epochs=6, round_rm_refresh=4, auto_round_every=0)
+    try:
+        label(studio, 16, big_centred)  # a taste the reward model learns from a few labels
+        held = [studio.next_pair() for _ in range(6)]  # shown before the round starts, rated while it trains
+        studio.start_round("admin", force=True)
+        first = studio.reward_model_info()
+        assert first["n_pairs"] == 16, first
+        for p in held:
+            choice = big_centred(Image.open(p["image_a"]), Image.open(p["image_b"]), p["prompt"])
+            studio.vote(studio.rater("sim", TOKENS.get((studio, "sim"))), p["a"], p["b"], choice, str(uuid.uuid4()))
+        p = studio.rounds.wait_for(lambda p: any("reward_model_refit" in r for r in p["rows"]), 120)
+        assert p is not None, studio.rounds.snapshot()
+        refit_epoch = next(r["epoch"] for r in p["rows"] if "reward_model_refit" in r)
+        assert 0 <= refit_epoch < 6
+        assert wait_round(studio)["state"] == "done"
+        row = studio.store.get_round(1)
+        m, now = row["metrics"], studio.reward_model_info()
+        assert now["version"] != first["version"] and now["n_pairs"] == 22
+        assert row["reward_model_version"] == now["version"]
+        assert [r["epoch"] for r in m["reward_model_refits"]] == [refit_epoch]
+        assert m["reward_model"]["n_pairs"] == now["n_pairs"]
+        # the trainer went on with the new model's reward (its guard is scaled to it): not the one it started with
+        assert m["guard_weight"] == pytest.approx(m["reward_model_refits"][0]["guard_weight"])
+        assert "refitted on new labels after epoch" in history_rows(studio.store.rounds())[0]["reward-model accuracy"]
+    finally:
+        studio.close()

@@ -169,3 +169,17 @@ def test_lr_warmup_scales_the_first_steps_and_a_resumed_run_continues_the_ramp(t
     assert [r["lr"] for r in hist] == pytest.approx([resumed.cfg.lr * f for f in (0.25, 0.5, 0.75)])
     with pytest.raises(ValueError, match="lr_warmup_epochs"):
         tiny_config(tmp_path, lr_warmup_epochs=-1)
+
+
+def test_a_new_reward_fn_scores_the_next_epoch_and_restarts_the_per_prompt_statistics(tmp_path):
+    """A studio round refits its reward model mid-round (`set_reward_fn`): the next epoch is scored by the new
+    function, and its advantages compare its rewards with each other, not with the old function's scale."""
+    tr = make_trainer(tmp_path, epochs=1, stat_min_count=4, train_prompts=1)  # one prompt: its buffer fills at once
+    tr.train()
+    assert len(tr.stats.buffers) == 1
+    tr.set_reward_fn(lambda images, prompts: brightness(images, prompts) + 1000.0)
+    trajs, rewards, prompts = tr._sample_epoch()
+    assert rewards.min() > 999.0
+    adv, _ = tr._advantages(rewards, prompts)
+    # against the old buffer too, every reward would sit ~1 std above the mixed mean
+    assert abs(adv.mean()) < 1e-3 and adv.std() > 0.5, adv
