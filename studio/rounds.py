@@ -278,10 +278,13 @@ class RoundRunner:
         if (not every or e["type"] != "epoch" or e["epoch"] >= trainer.cfg.epochs or labelled - since < every
                 or self.cancel_event.is_set()):
             return
+        self.set_state("fitting reward model")  # its own line in the round's time by stage
         try:
             rm, metrics, _, _ = self.fit_reward_model()
         except (OSError, RuntimeError, ValueError):  # the round goes on with the model it has
             return
+        finally:
+            self.set_state("training")
         used = metrics.get("better_than_chance", True)
         refits.append({"epoch": e["epoch"], "labels": self.reward_model_labels, "version": rm.version, "used": used,
                        **{k: metrics.get(k) for k in RM_KEYS}})

@@ -161,6 +161,35 @@ def test_bradley_terry_loss_is_the_preference_log_likelihood():
     assert got[0, 0] < math.log(2) and got[0, 3] > math.log(2)  # agreeing with the label is cheap, disagreeing not
 
 
+def test_linear_bt_fit_is_the_minimum_of_each_models_weighted_mean_loss_plus_l2():
+    """`fit_bt` (the linear reward heads' fit, many models in one run) returns for each model the minimiser of its
+    own objective: autograd of that objective, written here from the definition, is zero there, and a small step
+    either way only raises it."""
+    from reward_model.linear import fit_bt
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    y = (torch.sigmoid(d @ torch.randn(6, generator=g, dtype=torch.float64)) > 0.5).double()
+    y[::5] = 0.5  # ties
+    weights = torch.randint(0, 3, (4, 30), generator=g).double()  # bootstrap counts, one row per model
+    l2 = torch.tensor([0.01, 0.1, 1.0, 0.03], dtype=torch.float64)
+    w = fit_bt(d, y, weights, l2).double().requires_grad_(True)
+
+    def objective(w):  # per model: sum_p c_p * BCE(w . d_p, y_p) / sum_p c_p  +  l2 |w|^2
+        p = torch.sigmoid(w @ d.T)
+        nll = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+        return (weights * nll).sum(1) / weights.sum(1) + l2 * (w * w).sum(1)
+
+    objective(w).sum().backward()
+    assert w.grad.abs().max() < 1e-4, w.grad
+    for k in range(4):  # models are independent: perturbing one changes only its own objective, upwards
+        step = torch.zeros_like(w)
+        step[k] = 1e-2 * torch.randn(6, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            assert objective(w + step)[k] > objective(w)[k] and objective(w - step)[k] > objective(w)[k]
+    assert w[0].norm() > w[2].norm()  # a stronger penalty, smaller weights
+
+
 # ------------------------------------------------------------------ the trainer's update
 
 
