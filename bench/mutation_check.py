@@ -75,10 +75,10 @@ MUTANTS = [
            "binary_cross_entropy_with_logits(r_b - r_a,", (MATH,), "Bradley-Terry logit r_b - r_a"),
     Mutant("bt_label", "reward_model/head.py", "y.expand_as(r_a)", "(1 - y).expand_as(r_a)", (MATH,),
            "Bradley-Terry labels flipped"),
-    Mutant("linear_bt_grad_sign", "reward_model/linear.py", "(share * (expit(z) - t)) @ x",
-           "(share * (t - expit(z))) @ x", (MATH,), "linear heads' BT gradient with the wrong sign"),
+    Mutant("linear_bt_grad_sign", "reward_model/linear.py", "(share * (torch.sigmoid(z) - t)) @ x",
+           "(share * (t - torch.sigmoid(z))) @ x", (MATH,), "linear heads' BT gradient with the wrong sign"),
     Mutant("linear_bt_sum_for_mean", "reward_model/linear.py",
-           "share = share / share.sum(1, keepdims=True).clip(1e-9)", "share = share", (MATH,),
+           "share = share / share.sum(1, keepdim=True).clamp_min(1e-9)", "share = share", (MATH,),
            "linear heads minimise the summed BT loss, not the mean (the L2 penalty is outweighed)"),
 ]
 

@@ -54,27 +54,27 @@ def fit_bt(d: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, l2: torch.Te
     + l2 * |w|^2 (convex). One L-BFGS run over the sum: the models share no parameters.
 
     SciPy's L-BFGS-B on the analytic gradient, in float64: these problems are tiny (tens of pairs and columns),
-    where torch's optimiser spent its time in per-call overhead; the same optimum 6.5x faster (40 pairs, 30
-    columns, 15 models: 17 ms against 108 ms on one 2-core CPU thread), and a studio round refits its reward
-    model while it trains."""
+XX
+    gradient is computed with torch, not numpy: a studio round refits in its own low-priority thread, and numpy's
+    OpenBLAS pool, started by another thread, spun on both cores while that thread waited (a 40-s refit)."""
     from scipy.optimize import minimize
-    from scipy.special import expit
 
     k, f = weights.shape[0], d.shape[1]
-    x, t = d.double().numpy(), y.double().numpy()
-    share = weights.double().numpy()
-    share = share / share.sum(1, keepdims=True).clip(1e-9)  # (K, P): a weighted mean per model
-    lam = np.broadcast_to(np.asarray(l2, np.float64), (k,))[:, None]  # (K, 1)
+    x, t = d.detach().double(), y.detach().double()
+    share = weights.detach().double()
+    share = share / share.sum(1, keepdim=True).clamp_min(1e-9)  # (K, P): a weighted mean per model
+    lam = torch.as_tensor(l2, dtype=torch.float64).expand(k)[:, None]  # (K, 1)
 
     def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        w = flat.reshape(k, f)
+        w = torch.from_numpy(flat).view(k, f)
         z = w @ x.T  # (K, P) logits of "a beats b"
-        nll = np.logaddexp(0.0, z) - t * z  # binary cross-entropy with logits, soft labels (ties 1/2)
-        grad = (share * (expit(z) - t)) @ x + 2.0 * lam * w
-        return float((share * nll).sum() + (lam * w * w).sum()), grad.ravel()
+        nll = F.softplus(z) - t * z  # binary cross-entropy with logits, soft labels (ties 1/2)
+        grad = (share * (torch.sigmoid(z) - t)) @ x + 2.0 * lam * w
+        return float((share * nll).sum() + (lam * w * w).sum()), grad.numpy().ravel()
 
-    res = minimize(loss_and_grad, np.zeros(k * f), jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "gtol": 1e-6})
+    with torch.no_grad():
+        res = minimize(loss_and_grad, np.zeros(k * f), jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter, "gtol": 1e-6})
     return torch.from_numpy(res.x.reshape(k, f)).to(d.dtype)
 
 

@@ -281,7 +281,9 @@ class RoundRunner:
         self.set_state("fitting reward model")  # its own line in the round's time by stage
         try:
             rm, metrics, _, _ = self.fit_reward_model()
-        except (OSError, RuntimeError, ValueError):  # the round goes on with the model it has
+        except (OSError, RuntimeError, ValueError):
+            # the round goes on with the model it has; the next try comes `every` labels later
+            refits.append({"epoch": e["epoch"], "labels": labelled, "version": None, "used": False})
             return
         finally:
             self.set_state("training")
