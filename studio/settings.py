@@ -137,13 +137,14 @@ class StudioSettings:
     # 8 and 0.56 / 0.48 after 12, where people's votes reject it (RESULTS, "Round probe: rounds from the base")
     round_epochs_base_factor: float = 1.5
     # RLCM_ROUND_RM_REFRESH: once this many labels arrived since a running round's reward model was fitted, the
-    # round refits it between two epochs and trains the rest on the new one (0: off). Each epoch samples and
-    # scores its own images, so the update stays on-policy; only the per-prompt statistics start over. Round 1
-    # starts at 10 labels and people rate about 60 more while it trains: one round from the base, 12 epochs, the
-    # same seeds (bench/round_probe.py --switch): big_centred's 10-label model won 0.67 alone and 0.80 refitted
-    # at 25 / 40 / 55 labels after epochs 3 / 6 / 9; warm_colours' 15-label one 0.66 and 0.68. A refit costs
-    # 4-7 s of the round (RESULTS, "Round probe: refitting the reward model mid-round")
-    round_rm_refresh: int = 15
+    # round refits it between two epochs and trains the rest on the new one (0: off, the default). Each epoch
+    # samples and scores its own images, so the update stays on-policy; only the per-prompt statistics start over.
+    # One round from the base, 12 epochs, the same seeds (bench/round_probe.py --switch): big_centred's 10-label
+    # model won 0.67 alone and 0.80 refitted at 25 / 40 / 55 labels; warm_colours' 15-label one 0.66 and 0.68. But
+    # in the live loop at 15 (runs/table20, big_centred, one run) every round of 300 labels was rejected for prompt
+    # fidelity (table19 without refits: 0.906): a model refitted on more labels pushes the later epochs harder
+    # (RESULTS, "Round probe: refitting the reward model mid-round" and the table20 run below it)
+    round_rm_refresh: int = 0
     # RLCM_ALIGNMENT_GUARD: rounds optimise reward model + w x CLIP prompt score (x100), w chosen so that the
     # guard's within-pair differences on the last rated pairs are this share of the reward model's
     # (rlcm.rewards.relative_weight). Toy, warm_colours, 30 labels: an absolute 0.2 outweighed the reward
