@@ -65,6 +65,7 @@ def main() -> None:
         prompts = [p for p in get_prompts("toy", "train", 8, seed=0)[:8] for _ in range(8)]
         imgs = gen.generate(prompts, list(range(len(prompts))), version=BASE)[0]
         pairs = [(imgs[i], imgs[i + 1], prompts[i]) for i in range(0, len(imgs), 2)]
+
     def guarded(rm):
         score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
         return with_alignment_guard(score, rm.clip, k, pairs=pairs)
@@ -100,14 +101,8 @@ def main() -> None:
     trainer.callbacks.append(lambda e: measure(trainer, e["epoch"]) if e["type"] == "epoch" and e["epoch"] in at
                              and e["epoch"] < epochs else None)
 
-    def swap(e: dict) -> None:
-        if e["type"] == "epoch" and e["epoch"] in switch:
-            from rlcm.stats import PerPromptStatTracker
-
-            trainer.reward_fn = guarded(reward_model.load(switch[e["epoch"]]))
-            trainer.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)  # rewards on a new scale
-
-    trainer.callbacks.append(swap)
+    trainer.callbacks.append(lambda e: trainer.set_reward_fn(guarded(reward_model.load(switch[e["epoch"]])))
+                             if e["type"] == "epoch" and e["epoch"] in switch else None)
     trainer.train()
     measure(trainer, epochs)
 

@@ -287,16 +287,16 @@ class RoundRunner:
             return
         finally:
             self.set_state("training")
-        used = metrics.get("better_than_chance", True)
+        used, summary = metrics.get("better_than_chance", True), {k: metrics.get(k) for k in RM_KEYS}
         refits.append({"epoch": e["epoch"], "labels": self.reward_model_labels, "version": rm.version, "used": used,
-                       **{k: metrics.get(k) for k in RM_KEYS}})
+                       **summary})
         if not used:
             return
         trainer.set_reward_fn(scorer := self._scorer(rm))
         refits[-1]["guard_weight"] = getattr(scorer, "guard_weight", 0.0)
         self.store.update_round(rid, reward_model_version=rm.version)  # a resumed round goes on with this one
         with self.lock:
-            self.progress["reward_model"] = {k: metrics.get(k) for k in RM_KEYS}
+            self.progress["reward_model"] = summary
             self.progress["rows"] = self.progress.get("rows", []) + [
                 {"epoch": e["epoch"], "reward_model_refit": metrics.get("n_pairs")}]
             self.changed.notify_all()
