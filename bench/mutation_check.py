@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MATH, STATS, POLICY = "tests/test_math.py", "tests/test_stats.py", "tests/test_policy.py"
+CONFIRM = "tests/test_gate.py::test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ MUTANTS = [
     Mutant("linear_bt_sum_for_mean", "reward_model/linear.py",
            "share = share / share.sum(1, keepdim=True).clamp_min(1e-9)", "share = share", (MATH,),
            "linear heads minimise the summed BT loss, not the mean (the L2 penalty is outweighed)"),
+    Mutant("confirm_early_sign", "studio/checks.py", 'abs(change["change_points"] + KEEP_FIDELITY_DROP)',
+           'abs(change["change_points"] - KEEP_FIDELITY_DROP)', (CONFIRM,),
+           "the confirmation's first look measures its distance from +2 points instead of -2"),
 ]
 
 

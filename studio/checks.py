@@ -20,6 +20,12 @@ KEEP_FIDELITY_DROP = 2.0
 # 256 images (SE 1.0) measured -2.4 on 256 other ones (big_centred live loop, runs/table5), and every round that
 # passes a noisy threshold is biased to have been measured lucky
 CONFIRM_MARGIN_SE = 1.0
+# The confirmation looks at its first half of the images first, and renders the rest only when that half is
+# within CONFIRM_EARLY_SE of its standard errors of the -KEEP_FIDELITY_DROP line: a round clearly inside (or
+# clearly beyond) it is decided in half the time (the checks of round 1 took ~20 s of 2-core CPU for 256 images,
+# about 10 labels people rated meanwhile). A round exactly on the line passes the early look 2.3% of the time
+# (z >= 2), against 16% for the final rule (z >= 1)
+CONFIRM_EARLY_SE = 2.0
 CONFIRM_SEED = 1_000_003  # prompt draw of the confirmation set: not the rounds' (round id + 1) nor Compare's (7)
 # Each round is confirmed on its own draw (prompts and image seeds; the base is scored on it too). One fixed set
 # read 0.5-3.3 points high for every warm-shifted round of a live loop, and a chain of rounds that each pass the
@@ -108,6 +114,18 @@ def fidelity_change(base: np.ndarray, candidate: np.ndarray) -> dict:
     """Paired change in points (candidate - base, same prompts and seeds), its standard error and n."""
     d = 100 * (np.asarray(candidate) - np.asarray(base))
     return {"change_points": float(d.mean()), "se_points": float(d.std(ddof=1) / math.sqrt(len(d))), "n": len(d)}
+
+
+def confirmation_looks(n_images: int) -> list[int]:
+    """Image counts at which the confirmation looks: its first half (whole prompts: each has 2 seeds), then all."""
+    half = 2 * (n_images // 4)
+    return [half, n_images] if half else [n_images]
+
+
+def confirm_settled(change: dict) -> bool:
+    """An early look settles the confirmation: its change is CONFIRM_EARLY_SE standard errors or more from the
+    -KEEP_FIDELITY_DROP line, either way (`confirm_reason` then says which)."""
+    return abs(change["change_points"] + KEEP_FIDELITY_DROP) >= CONFIRM_EARLY_SE * change["se_points"] > 0
 
 
 def confirm_reason(change: dict) -> str | None:

@@ -404,37 +404,51 @@ class Studio:
 
     def _confirm_fidelity(self, rid: int, version: str) -> str | None:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
-        metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds."""
-        prompts, seeds, base = self._base_confirmation(rid)
-        mine = checks.fidelity_scores(lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts, seeds)
-        change = checks.fidelity_change(base, mine)
+        metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds, the first
+        half first: the rest only when that half leaves it unsettled (`checks.confirm_settled`)."""
+        prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts, draw=rid)
+        mine = np.zeros(0)
+        for n in checks.confirmation_looks(len(prompts)):
+            base = self._base_confirmation(rid, n)[2]
+            mine = np.concatenate([mine, checks.fidelity_scores(
+                lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts[len(mine):n],
+                seeds[len(mine):n])])
+            change = checks.fidelity_change(base, mine)
+            if checks.confirm_settled(change):
+                break
         metrics = self.store.get_round(rid).get("metrics") or {}
         self.store.update_round(rid, metrics={**metrics, "fidelity_confirmed": change})
         return checks.confirm_reason(change)
 
-    def _base_confirmation(self, rid: int) -> tuple[list[str], list[int], np.ndarray]:
-        """Round `rid`'s confirmation set (its own prompts and seeds) and the base's per-image fidelity on it,
-        computed once per (round, steps, guidance, size): by the warm-up for the next round, by a round while it
-        waits for its parent's verdict, or by its checks. Only the latest few are kept."""
+    def _base_confirmation(self, rid: int, n: int | None = None) -> tuple[list[str], list[int], np.ndarray]:
+        """Round `rid`'s confirmation set (its own prompts and seeds) and the base's per-image fidelity on its
+        first `n` images (default all), each computed once per (round, steps, guidance, size): by the warm-up
+        for the next round, by a round while it waits for its parent's verdict, or by its checks. Only the
+        latest few are kept."""
         prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts, draw=rid)
+        n = len(prompts) if n is None else n
         key = (rid, self.settings.steps, self.settings.guidance, len(prompts))
         with self._base_lock:
-            if key not in self._base_fidelity:
-                self._base_fidelity[key] = checks.fidelity_scores(
-                    lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], prompts, seeds)
-                while len(self._base_fidelity) > 4:
-                    self._base_fidelity.pop(next(iter(self._base_fidelity)))
-            return prompts, seeds, self._base_fidelity[key]
+            done = self._base_fidelity.pop(key, np.zeros(0))  # re-inserted last: the newest stays
+            if len(done) < n:
+                done = np.concatenate([done, checks.fidelity_scores(
+                    lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], prompts[len(done):n],
+                    seeds[len(done):n])])
+            self._base_fidelity[key] = done
+            while len(self._base_fidelity) > 4:
+                self._base_fidelity.pop(next(iter(self._base_fidelity)))
+            return prompts, seeds, done[:n]
 
     def _warm_up(self) -> None:
-        """Once the pair queue is full, score the base on the next round's confirmation set (in memory, nothing
-        written) while people rate, so the first candidate reaches its vote sooner (live loop: the checks of
+        """Once the pair queue is full, score the base on the first look of the next round's confirmation set (in
+        memory, nothing written) while people rate, so the first candidate reaches its vote sooner (live loop: the checks of
         round 1 took ~38 s of ratings, of later rounds ~24 s)."""
         if not self.settings.confirms_fidelity:
             return
         self.queue.wait_full(60, self._stop)
         try:
-            self._base_confirmation(self.store.next_round_id())
+            rid = self.store.next_round_id()  # the first look's half: the rest only if a round's look needs it
+            self._base_confirmation(rid, checks.confirmation_looks(2 * self.settings.confirm_prompts)[0])
         except Exception as e:  # the first round's checks compute them anyway
             self.queue.errors.append(f"warm-up: {type(e).__name__}: {e}")
 

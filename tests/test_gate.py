@@ -267,32 +267,50 @@ def test_the_base_itself_and_a_nan_lora_are_rejected_before_any_vote(studio, tmp
     assert studio.store.counts()["comparisons"] == 0
 
 
-def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_before_any_vote(studio, tmp_path):
+def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_before_any_vote(studio, tmp_path,
+                                                                                           monkeypatch):
     from studio import checks
 
     studio.settings.confirm_prompts = 64
+
+    def recomputed(version: str, lora, n: int, n_prompts: int = 64) -> np.ndarray:
+        """The change on the round's own first `n` images (its id picks prompts and seeds), scored by the checker."""
+        rid = int(version.removeprefix("round-"))
+        prompts, seeds = (x[:n] for x in checks.confirmation_set(n_prompts, draw=rid))
+        studio.generator.set_candidate(version, lora)
+        base, tuned = (checks.image_fidelity(studio.generator.generate(prompts, seeds, version=v)[0], prompts)
+                       for v in ("base", version))
+        studio.generator.set_candidate(None)
+        return 100 * (tuned - base)
+
     loud = _lora(tmp_path / "loud", 0.4)
     version, verdict, reason = studio.submit_candidate(loud)
-    assert verdict == "rejected" and "prompt fidelity on 128 new images" in reason, reason
+    # a collapse is settled by the first look, on half of the 128 images
+    assert verdict == "rejected" and "prompt fidelity on 64 new images" in reason, reason
     change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
-    # recomputed here: the round's own prompts and seeds (its id picks them), each version scored by the checker
     rid = int(version.removeprefix("round-"))
     prompts, seeds = checks.confirmation_set(64, draw=rid)
     other = checks.confirmation_set(64, draw=rid + 1)
     assert other[0] != prompts and not set(other[1]) & set(seeds)  # the next round is confirmed on new images
-    studio.generator.set_candidate(version, loud)
-    base, tuned = (checks.image_fidelity(studio.generator.generate(prompts, seeds, version=v)[0], prompts)
-                   for v in ("base", version))
-    studio.generator.set_candidate(None)
-    assert change["n"] == 128 and change["change_points"] == pytest.approx(100 * (tuned - base).mean())
-    assert change["change_points"] < -checks.KEEP_FIDELITY_DROP
+    assert change["n"] == 64 and change["change_points"] == pytest.approx(recomputed(version, loud, 64).mean())
+    assert change["change_points"] + checks.CONFIRM_EARLY_SE * change["se_points"] < -checks.KEEP_FIDELITY_DROP
     assert studio.generator.candidate is None and studio.versions() == ["base"]
     # a gentle LoRA passes the same check and goes to the vote, its change recorded beside the round
     version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "gentle", 0.02))
     assert verdict == "candidate", reason
     ok = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
     assert ok["change_points"] >= -checks.KEEP_FIDELITY_DROP + checks.CONFIRM_MARGIN_SE * ok["se_points"]
-    assert "pts (128 images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
+    assert f"pts ({ok['n']} images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
+    studio.reject(version, "test")
+    # unsettled by its first look, a confirmation renders the rest: the same round's second half, added to the first
+    studio.settings.confirm_prompts = 32
+    monkeypatch.setattr(checks, "CONFIRM_EARLY_SE", float("inf"))
+    version, verdict, reason = studio.submit_candidate(loud)
+    assert verdict == "rejected" and "prompt fidelity on 64 new images" in reason, reason
+    change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
+    d = recomputed(version, loud, 64, 32)
+    assert change["n"] == 64 and change["change_points"] == pytest.approx(d.mean())
+    assert change["se_points"] == pytest.approx(d.std(ddof=1) / np.sqrt(64))
 
 
 def test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit():
@@ -306,6 +324,14 @@ def test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within
     assert noisy is not None and "-1.9 ± 1.0 points" in noisy and "= -1.0" in noisy, noisy
     assert checks.confirm_reason({"change_points": 0.5, "se_points": 1.0, "n": 256}) is None
     assert checks.confirm_reason({"change_points": -limit - 0.1, "se_points": 0.0, "n": 256}) is not None
+    # the first look, on half the images, settles it only when it is 2 standard errors or more from the line
+    assert checks.confirmation_looks(256) == [128, 256] and checks.confirmation_looks(2) == [2]
+    assert checks.confirm_settled({"change_points": 1.5, "se_points": 1.6, "n": 128})  # passes at once
+    assert checks.confirm_settled({"change_points": -5.5, "se_points": 1.6, "n": 128})  # fails at once
+    assert checks.confirm_reason({"change_points": -5.5, "se_points": 1.6, "n": 128}) is not None
+    for unsettled in (0.5, -0.5, -2.0, -4.5):  # within 3.2 points of -2: the other half decides
+        assert not checks.confirm_settled({"change_points": unsettled, "se_points": 1.6, "n": 128})
+    assert not checks.confirm_settled({"change_points": 0.0, "se_points": 0.0, "n": 128})  # no spread measured
 
 
 def _handed_over(studio, lora, epochs: int, served: int) -> tuple[int, Path]:
@@ -330,7 +356,7 @@ def test_a_round_that_loses_fidelity_on_new_prompts_steps_back_to_an_earlier_kep
     assert verdict == "candidate" and studio.generator.candidate == f"round-{rid}", reason
     m = studio.store.get_round(rid)["metrics"]
     assert m["epoch_served"] == 3 and m["stepped_back_from"]["epoch"] == 6
-    assert "prompt fidelity on 128 new images" in m["stepped_back_from"]["reason"]
+    assert "prompt fidelity on 64 new images" in m["stepped_back_from"]["reason"]  # settled at the first look
     assert m["fidelity_confirmed"]["change_points"] >= -2  # the earlier epoch's confirmation
     want = load_file(gentle / "pytorch_lora_weights.safetensors")
     got = load_file(dst / "pytorch_lora_weights.safetensors")  # served from here once people promote it
@@ -340,7 +366,7 @@ def test_a_round_that_loses_fidelity_on_new_prompts_steps_back_to_an_earlier_kep
     # both epochs too far from the base: rejected, saying why for each
     rid, dst = _handed_over(studio, loud, epochs=8, served=6)
     verdict, reason = studio.rounds.on_done(rid, dst, None, (3, _lora(tmp_path / "loud2", 0.3)))
-    assert verdict == "rejected" and reason.count("prompt fidelity on 128 new images") == 2 and "at epoch 3" in reason
+    assert verdict == "rejected" and reason.count("prompt fidelity on 64 new images") == 2 and "at epoch 3" in reason
     assert studio.generator.candidate is None and studio.versions() == ["base"]
 
 
