@@ -429,20 +429,21 @@ class Studio:
         n = len(prompts) if n is None else n
         key = (rid, self.settings.steps, self.settings.guidance, len(prompts))
         with self._base_lock:
-            done = self._base_fidelity.pop(key, np.zeros(0))  # re-inserted last: the newest stays
+            done = self._base_fidelity.get(key, np.zeros(0))
             if len(done) < n:
                 done = np.concatenate([done, checks.fidelity_scores(
                     lambda p, sd: self.generator.generate(p, sd, version=BASE)[0], prompts[len(done):n],
                     seeds[len(done):n])])
-            self._base_fidelity[key] = done
+            self._base_fidelity.pop(key, None)
+            self._base_fidelity[key] = done  # inserted last: the newest stays
             while len(self._base_fidelity) > 4:
                 self._base_fidelity.pop(next(iter(self._base_fidelity)))
             return prompts, seeds, done[:n]
 
     def _warm_up(self) -> None:
         """Once the pair queue is full, score the base on the first look of the next round's confirmation set (in
-        memory, nothing written) while people rate, so the first candidate reaches its vote sooner (live loop: the checks of
-        round 1 took ~38 s of ratings, of later rounds ~24 s)."""
+        memory, nothing written) while people rate, so the first candidate reaches its vote sooner (live loop: the
+        checks of round 1 took ~38 s of ratings, of later rounds ~24 s)."""
         if not self.settings.confirms_fidelity:
             return
         self.queue.wait_full(60, self._stop)
