@@ -116,10 +116,11 @@ def fidelity_change(base: np.ndarray, candidate: np.ndarray) -> dict:
     return {"change_points": float(d.mean()), "se_points": float(d.std(ddof=1) / math.sqrt(len(d))), "n": len(d)}
 
 
-def confirmation_looks(n_images: int) -> list[int]:
-    """Image counts at which the confirmation looks: its first half (whole prompts: each has 2 seeds), then all."""
-    half = 2 * (n_images // 4)
-    return [half, n_images] if half else [n_images]
+def confirmation_looks(n_prompts: int) -> list[int]:
+    """Image counts at which the confirmation of `n_prompts` prompts (2 seeds each, `confirmation_set`) looks:
+    the images of its first half of the prompts, then all."""
+    half = 2 * (n_prompts // 2)
+    return [half, 2 * n_prompts] if half else [2 * n_prompts]
 
 
 def confirm_settled(change: dict) -> bool:

@@ -406,10 +406,9 @@ class Studio:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
         metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds, the first
         half first: the rest only when that half leaves it unsettled (`checks.confirm_settled`)."""
-        prompts, seeds = checks.confirmation_set(self.settings.confirm_prompts, draw=rid)
         mine = np.zeros(0)
-        for n in checks.confirmation_looks(len(prompts)):
-            base = self._base_confirmation(rid, n)[2]
+        for n in checks.confirmation_looks(self.settings.confirm_prompts):
+            prompts, seeds, base = self._base_confirmation(rid, n)
             mine = np.concatenate([mine, checks.fidelity_scores(
                 lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts[len(mine):n],
                 seeds[len(mine):n])])
@@ -449,7 +448,7 @@ class Studio:
         self.queue.wait_full(60, self._stop)
         try:
             rid = self.store.next_round_id()  # the first look's half: the rest only if a round's look needs it
-            self._base_confirmation(rid, checks.confirmation_looks(2 * self.settings.confirm_prompts)[0])
+            self._base_confirmation(rid, checks.confirmation_looks(self.settings.confirm_prompts)[0])
         except Exception as e:  # the first round's checks compute them anyway
             self.queue.errors.append(f"warm-up: {type(e).__name__}: {e}")
 

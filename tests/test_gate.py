@@ -325,7 +325,7 @@ def test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within
     assert checks.confirm_reason({"change_points": 0.5, "se_points": 1.0, "n": 256}) is None
     assert checks.confirm_reason({"change_points": -limit - 0.1, "se_points": 0.0, "n": 256}) is not None
     # the first look, on half the images, settles it only when it is 2 standard errors or more from the line
-    assert checks.confirmation_looks(256) == [128, 256] and checks.confirmation_looks(2) == [2]
+    assert checks.confirmation_looks(128) == [128, 256] and checks.confirmation_looks(1) == [2]
     assert checks.confirm_settled({"change_points": 1.5, "se_points": 1.6, "n": 128})  # passes at once
     assert checks.confirm_settled({"change_points": -5.5, "se_points": 1.6, "n": 128})  # fails at once
     assert checks.confirm_reason({"change_points": -5.5, "se_points": 1.6, "n": 128}) is not None
