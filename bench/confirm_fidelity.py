@@ -45,7 +45,7 @@ def main() -> None:
                "in_round_points": (round(100 * (m["fidelity_after"] - m["fidelity_base"]), 1)
                                    if m.get("fidelity_base") is not None else None)}
         for k, (prompts, seeds) in sets.items():
-            c = checks.fidelity_change(base[k], scores(f"round-{r['id']}", prompts, seeds))
+            c = checks.fidelity_change(base[k], scores(f"round-{r['id']}", prompts, seeds), prompts)
             row[k] = f"{c['change_points']:+.1f} ± {c['se_points']:.1f}"
         print(json.dumps(row), flush=True)
 

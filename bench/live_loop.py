@@ -116,7 +116,7 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict
     if taste is not None:
         out["served_win_rate_taste"] = float(np.mean(oracle_wins(taste, base, tuned, prompts)))
     fb, ft = checks.image_fidelity(base, prompts), checks.image_fidelity(tuned, prompts)
-    change = checks.fidelity_change(fb, ft)  # paired: the same prompts and seeds
+    change = checks.fidelity_change(fb, ft, prompts)  # paired: the same prompts and seeds
     out.update(fidelity_base=float(fb.mean()), fidelity_served=float(ft.mean()),
                fidelity_change_points=change["change_points"], fidelity_change_se_points=change["se_points"])
     if rm is not None:  # the reward model's accuracy under the oracle on base pairs of prompts it never saw

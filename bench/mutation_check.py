@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MATH, STATS, POLICY = "tests/test_math.py", "tests/test_stats.py", "tests/test_policy.py"
 CONFIRM = "tests/test_gate.py::test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit"
+CLUSTER = "tests/test_gate.py::test_a_fidelity_change_counts_a_prompt_once_however_many_seeds_show_it"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ MUTANTS = [
     Mutant("confirm_early_sign", "studio/checks.py", 'abs(change["change_points"] + KEEP_FIDELITY_DROP)',
            'abs(change["change_points"] - KEEP_FIDELITY_DROP)', (CONFIRM,),
            "the confirmation's first look measures its distance from +2 points instead of -2"),
+    Mutant("fidelity_se_per_image", "studio/checks.py", "resid = np.bincount(group, weights=d - d.mean())",
+           "resid = d - d.mean()", (CLUSTER,),
+           "the fidelity change's standard error treats the two seeds of a prompt as independent images"),
 ]
 
 

@@ -86,7 +86,7 @@ def main() -> None:
         tuned = trainer.sample_images(prompts, seeds)
         wins = oracle_wins(oracle, base, tuned, prompts)
         fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
-        confirmed = checks.fidelity_change(base_confirm, checks.image_fidelity(trainer.sample_images(cp, cs), cp))
+        confirmed = checks.fidelity_change(base_confirm, checks.image_fidelity(trainer.sample_images(cp, cs), cp), cp)
         print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k,
                           "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epoch,
                           "lr": lr, "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3),

@@ -81,7 +81,7 @@ def main() -> None:
         clean = oracle_wins(taste, base, chosen, prompts)
         rec = gate.Record.from_scores(wins)
         lo, hi = rec.interval(0.9)
-        change = checks.fidelity_change(fid_base, checks.image_fidelity(chosen, prompts))
+        change = checks.fidelity_change(fid_base, checks.image_fidelity(chosen, prompts), prompts)
         rows.append(f"| {name} | {np.mean(wins):.3f} ({lo:.2f}–{hi:.2f}) | {np.mean(clean):.3f} | "
                     f"{np.mean([w == 0.5 for w in clean]):.0%} | "
                     f"{change['change_points']:+.1f} ± {change['se_points']:.1f} |")

@@ -20,11 +20,11 @@ KEEP_FIDELITY_DROP = 2.0
 # 256 images (SE 1.0) measured -2.4 on 256 other ones (big_centred live loop, runs/table5), and every round that
 # passes a noisy threshold is biased to have been measured lucky
 CONFIRM_MARGIN_SE = 1.0
-# The confirmation looks at its first half of the images first, and renders the rest only when that half is
-# within CONFIRM_EARLY_SE of its standard errors of the -KEEP_FIDELITY_DROP line: a round clearly inside (or
-# clearly beyond) it is decided in half the time (the checks of round 1 took ~20 s of 2-core CPU for 256 images,
-# about 10 labels people rated meanwhile). A round exactly on the line passes the early look 2.3% of the time
-# (z >= 2), against 16% for the final rule (z >= 1)
+# The confirmation looks at the images of its first quarter of the prompts, then of its first half, then all,
+# and renders more only while a look is within CONFIRM_EARLY_SE of its standard errors of the -KEEP_FIDELITY_DROP
+# line: a round clearly inside (or clearly beyond) it is decided on a quarter or half of the images (the checks
+# of round 1 took ~20 s of 2-core CPU for 256 images, about 10 labels people rated meanwhile). A round exactly on
+# the line passes an early look 2.3% of the time (z >= 2), against 16% for the final rule (z >= 1)
 CONFIRM_EARLY_SE = 2.0
 CONFIRM_SEED = 1_000_003  # prompt draw of the confirmation set: not the rounds' (round id + 1) nor Compare's (7)
 # Each round is confirmed on its own draw (prompts and image seeds; the base is scored on it too). One fixed set
@@ -110,17 +110,22 @@ def fidelity_scores(sample_fn, prompts: list[str], seeds: list[int], chunk: int 
                            for i in range(0, len(prompts), chunk)])
 
 
-def fidelity_change(base: np.ndarray, candidate: np.ndarray) -> dict:
-    """Paired change in points (candidate - base, same prompts and seeds), its standard error and n."""
+def fidelity_change(base: np.ndarray, candidate: np.ndarray, prompts: list[str]) -> dict:
+    """Paired change in points (candidate - base, same prompts and seeds), its standard error and n. The error is
+    clustered by prompt: a taste that costs a prompt its colour costs it on each of its seeds (the two seeds'
+    changes correlated 0.25-0.55 for warm_colours' round 1), so the images are not independent draws."""
     d = 100 * (np.asarray(candidate) - np.asarray(base))
-    return {"change_points": float(d.mean()), "se_points": float(d.std(ddof=1) / math.sqrt(len(d))), "n": len(d)}
+    _, group = np.unique(np.asarray(prompts, dtype=str), return_inverse=True)
+    resid = np.bincount(group, weights=d - d.mean())  # each prompt's summed deviation from the mean change
+    g = len(resid)  # the cluster-robust (CR1) variance of the mean; with 2 seeds a prompt: var(prompt means) / g
+    se = math.sqrt(g / (g - 1) * float(resid @ resid)) / len(d) if g > 1 else math.inf  # one prompt: no error known
+    return {"change_points": float(d.mean()), "se_points": se, "n": len(d)}
 
 
 def confirmation_looks(n_prompts: int) -> list[int]:
     """Image counts at which the confirmation of `n_prompts` prompts (2 seeds each, `confirmation_set`) looks:
-    the images of its first half of the prompts, then all."""
-    half = 2 * (n_prompts // 2)
-    return [half, 2 * n_prompts] if half else [2 * n_prompts]
+    the images of its first quarter of the prompts, of its first half, then all."""
+    return sorted({2 * (n_prompts // k) for k in (4, 2, 1)} - {0})
 
 
 def confirm_settled(change: dict) -> bool:

@@ -404,15 +404,16 @@ class Studio:
 
     def _confirm_fidelity(self, rid: int, version: str) -> str | None:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
-        metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds, the first
-        half first: the rest only when that half leaves it unsettled (`checks.confirm_settled`)."""
+        metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds, a look at a
+        time (`checks.confirmation_looks`): more only while the last look leaves it unsettled
+        (`checks.confirm_settled`)."""
         mine = np.zeros(0)
         for n in checks.confirmation_looks(self.settings.confirm_prompts):
             prompts, seeds, base = self._base_confirmation(rid, n)
             mine = np.concatenate([mine, checks.fidelity_scores(
                 lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts[len(mine):n],
                 seeds[len(mine):n])])
-            change = checks.fidelity_change(base, mine)
+            change = checks.fidelity_change(base, mine, prompts[:n])
             if checks.confirm_settled(change):
                 break
         metrics = self.store.get_round(rid).get("metrics") or {}
@@ -447,7 +448,7 @@ class Studio:
             return
         self.queue.wait_full(60, self._stop)
         try:
-            rid = self.store.next_round_id()  # the first look's half: the rest only if a round's look needs it
+            rid = self.store.next_round_id()  # the first look's images: the rest only if a round's look needs it
             self._base_confirmation(rid, checks.confirmation_looks(self.settings.confirm_prompts)[0])
         except Exception as e:  # the first round's checks compute them anyway
             self.queue.errors.append(f"warm-up: {type(e).__name__}: {e}")

@@ -285,14 +285,14 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
 
     loud = _lora(tmp_path / "loud", 0.4)
     version, verdict, reason = studio.submit_candidate(loud)
-    # a collapse is settled by the first look, on half of the 128 images
-    assert verdict == "rejected" and "prompt fidelity on 64 new images" in reason, reason
+    # a collapse is settled by the first look, on a quarter of the 128 images
+    assert verdict == "rejected" and "prompt fidelity on 32 new images" in reason, reason
     change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
     rid = int(version.removeprefix("round-"))
     prompts, seeds = checks.confirmation_set(64, draw=rid)
     other = checks.confirmation_set(64, draw=rid + 1)
     assert other[0] != prompts and not set(other[1]) & set(seeds)  # the next round is confirmed on new images
-    assert change["n"] == 64 and change["change_points"] == pytest.approx(recomputed(version, loud, 64).mean())
+    assert change["n"] == 32 and change["change_points"] == pytest.approx(recomputed(version, loud, 32).mean())
     assert change["change_points"] + checks.CONFIRM_EARLY_SE * change["se_points"] < -checks.KEEP_FIDELITY_DROP
     assert studio.generator.candidate is None and studio.versions() == ["base"]
     # a gentle LoRA passes the same check and goes to the vote, its change recorded beside the round
@@ -302,7 +302,8 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
     assert ok["change_points"] >= -checks.KEEP_FIDELITY_DROP + checks.CONFIRM_MARGIN_SE * ok["se_points"]
     assert f"pts ({ok['n']} images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
     studio.reject(version, "test")
-    # unsettled by its first look, a confirmation renders the rest: the same round's second half, added to the first
+    # unsettled by its early looks, a confirmation renders the rest: the same round's images, each look adding to
+    # the last; its standard error is over the 32 prompts' mean changes (their 2 seeds are not independent)
     studio.settings.confirm_prompts = 32
     monkeypatch.setattr(checks, "CONFIRM_EARLY_SE", float("inf"))
     version, verdict, reason = studio.submit_candidate(loud)
@@ -310,7 +311,8 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
     change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
     d = recomputed(version, loud, 64, 32)
     assert change["n"] == 64 and change["change_points"] == pytest.approx(d.mean())
-    assert change["se_points"] == pytest.approx(d.std(ddof=1) / np.sqrt(64))
+    per_prompt = d.reshape(32, 2).mean(axis=1)  # confirmation_set lists each prompt's two seeds side by side
+    assert change["se_points"] == pytest.approx(per_prompt.std(ddof=1) / np.sqrt(32))
 
 
 def test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit():
@@ -324,14 +326,36 @@ def test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within
     assert noisy is not None and "-1.9 ± 1.0 points" in noisy and "= -1.0" in noisy, noisy
     assert checks.confirm_reason({"change_points": 0.5, "se_points": 1.0, "n": 256}) is None
     assert checks.confirm_reason({"change_points": -limit - 0.1, "se_points": 0.0, "n": 256}) is not None
-    # the first look, on half the images, settles it only when it is 2 standard errors or more from the line
-    assert checks.confirmation_looks(128) == [128, 256] and checks.confirmation_looks(1) == [2]
+    # an early look, on a quarter or half of the images, settles it only when it is 2 standard errors or more from
+    # the line
+    assert checks.confirmation_looks(256) == [128, 256, 512] and checks.confirmation_looks(64) == [32, 64, 128]
+    assert checks.confirmation_looks(2) == [2, 4] and checks.confirmation_looks(1) == [2]
     assert checks.confirm_settled({"change_points": 1.5, "se_points": 1.6, "n": 128})  # passes at once
     assert checks.confirm_settled({"change_points": -5.5, "se_points": 1.6, "n": 128})  # fails at once
     assert checks.confirm_reason({"change_points": -5.5, "se_points": 1.6, "n": 128}) is not None
-    for unsettled in (0.5, -0.5, -2.0, -4.5):  # within 3.2 points of -2: the other half decides
+    for unsettled in (0.5, -0.5, -2.0, -4.5):  # within 3.2 points of -2: the next look decides
         assert not checks.confirm_settled({"change_points": unsettled, "se_points": 1.6, "n": 128})
     assert not checks.confirm_settled({"change_points": 0.0, "se_points": 0.0, "n": 128})  # no spread measured
+
+
+def test_a_fidelity_change_counts_a_prompt_once_however_many_seeds_show_it():
+    """Two seeds of one prompt that lose the same attribute are one piece of evidence, not two: the standard error
+    is over prompts (cluster-robust), so a loss that hits whole prompts is not passed as precise."""
+    from studio import checks
+
+    prompts = [f"prompt {i}" for i in range(50) for _ in (0, 1)]
+    rng = np.random.default_rng(0)
+    per_prompt = rng.choice([0.0, -1 / 3], size=50)  # a prompt keeps its colour, or loses it on both seeds
+    base = np.ones(100)
+    alike = checks.fidelity_change(base, base + np.repeat(per_prompt, 2), prompts)
+    assert alike["n"] == 100 and alike["change_points"] == pytest.approx(100 * per_prompt.mean())
+    assert alike["se_points"] == pytest.approx(100 * per_prompt.std(ddof=1) / np.sqrt(50))  # 50 pieces, not 100
+    # the same losses spread over independent images (each prompt once) are twice the evidence
+    spread = checks.fidelity_change(base, base + np.repeat(per_prompt, 2), [f"p{i}" for i in range(100)])
+    assert spread["se_points"] == pytest.approx(alike["se_points"] * np.sqrt(49 / 99), rel=1e-6)
+    # one prompt alone tells nothing about the spread between prompts: its change can't pass the confirmation
+    single = checks.fidelity_change(np.ones(2), np.ones(2), ["only", "only"])
+    assert single["se_points"] == float("inf") and checks.confirm_reason(single) is not None
 
 
 def _handed_over(studio, lora, epochs: int, served: int) -> tuple[int, Path]:
@@ -356,7 +380,7 @@ def test_a_round_that_loses_fidelity_on_new_prompts_steps_back_to_an_earlier_kep
     assert verdict == "candidate" and studio.generator.candidate == f"round-{rid}", reason
     m = studio.store.get_round(rid)["metrics"]
     assert m["epoch_served"] == 3 and m["stepped_back_from"]["epoch"] == 6
-    assert "prompt fidelity on 64 new images" in m["stepped_back_from"]["reason"]  # settled at the first look
+    assert "prompt fidelity on 32 new images" in m["stepped_back_from"]["reason"]  # settled at the first look
     assert m["fidelity_confirmed"]["change_points"] >= -2  # the earlier epoch's confirmation
     want = load_file(gentle / "pytorch_lora_weights.safetensors")
     got = load_file(dst / "pytorch_lora_weights.safetensors")  # served from here once people promote it
@@ -366,7 +390,7 @@ def test_a_round_that_loses_fidelity_on_new_prompts_steps_back_to_an_earlier_kep
     # both epochs too far from the base: rejected, saying why for each
     rid, dst = _handed_over(studio, loud, epochs=8, served=6)
     verdict, reason = studio.rounds.on_done(rid, dst, None, (3, _lora(tmp_path / "loud2", 0.3)))
-    assert verdict == "rejected" and reason.count("prompt fidelity on 64 new images") == 2 and "at epoch 3" in reason
+    assert verdict == "rejected" and reason.count("prompt fidelity on 32 new images") == 2 and "at epoch 3" in reason
     assert studio.generator.candidate is None and studio.versions() == ["base"]
 
 
