@@ -15,6 +15,10 @@ PASSWORD = "s3cret-admin"
 # it rejects such rounds at random; test_gate tests it with LoRAs far from the limit.
 TEST_ROUNDS = dict(round_epochs=2, round_epochs_base_factor=1.0, round_lr=1e-3, round_eval_prompts=16,
                    confirm_prompts=0)
+# the tests' queue: the fewest draws per pair (2 candidate pairs to pick the reward model's least certain from, one
+# A/B draw instead of a search for the one where two versions differ most: test_serving tests both on the queue
+# itself), so a studio's background queue renders 2-4 images a pair instead of 8 while its tests train rounds
+TEST_QUEUE = dict(pair_candidates=2, ab_draws=1)
 
 
 def launch_studio(tmp: Path, **overrides):
@@ -24,7 +28,7 @@ def launch_studio(tmp: Path, **overrides):
     from studio.runtime import Studio
     from studio.settings import StudioSettings
 
-    defaults = dict(**TEST_ROUNDS, round_prompts=4, queue_size=4, snapshot_every_s=0, compare_prompts=4,
+    defaults = dict(**TEST_ROUNDS, **TEST_QUEUE, round_prompts=4, queue_size=4, snapshot_every_s=0, compare_prompts=4,
                     auto_round_every=0)
     settings = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp,
                               admin_password=PASSWORD, **{**defaults, **overrides})

@@ -17,6 +17,7 @@ import torch
 from studio import gate
 
 from .conftest import MODELS
+from .studio_fixtures import TEST_QUEUE
 
 pytestmark = pytest.mark.heavy
 
@@ -111,7 +112,8 @@ def studio(tmp_path):
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path / "studio",
                        admin_password="pw", snapshot_every_s=0, compare_prompts=4, queue_size=2, ab_fraction=1.0,
-                       auto_round_every=0, confirm_prompts=0)  # the fidelity confirmation has its own test
+                       auto_round_every=0, confirm_prompts=0,  # the fidelity confirmation has its own test
+                       **TEST_QUEUE)
     st = Studio(s, start_workers=False)
     yield st
     st.close()

@@ -12,7 +12,7 @@ from PIL import Image
 from studio.settings import StudioSettings
 
 from .conftest import MODELS
-from .studio_fixtures import PASSWORD, TEST_ROUNDS
+from .studio_fixtures import PASSWORD, TEST_QUEUE, TEST_ROUNDS
 
 pytestmark = pytest.mark.heavy
 
@@ -27,7 +27,7 @@ def make_studio(tmp_path, **kw):
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
                        admin_password=PASSWORD, snapshot_every_s=0,
-                       **{**TEST_ROUNDS, "round_prompts": 2, "queue_size": 2, "compare_prompts": 2, **kw})
+                       **{**TEST_ROUNDS, **TEST_QUEUE, "round_prompts": 2, "queue_size": 2, "compare_prompts": 2, **kw})
     return Studio(s)
 
 
@@ -298,7 +298,7 @@ def test_a_round_refits_its_reward_model_on_labels_that_arrive_while_it_trains(t
 
     from feedback.raters import big_centred
 
-    studio = make_studio(tmp_path, round_epochs=6, round_rm_refresh=4, auto_round_every=0)
+    studio = make_studio(tmp_path, round_epochs=3, round_rm_refresh=4, auto_round_every=0)
     try:
         label(studio, 16, big_centred)  # a taste the reward model learns from a few labels
         held = [studio.next_pair() for _ in range(6)]  # shown before the round starts, rated while it trains
@@ -311,7 +311,7 @@ def test_a_round_refits_its_reward_model_on_labels_that_arrive_while_it_trains(t
         p = studio.rounds.wait_for(lambda p: any("reward_model_refit" in r for r in p["rows"]), 120)
         assert p is not None, studio.rounds.snapshot()
         refit_epoch = next(r["epoch"] for r in p["rows"] if "reward_model_refit" in r)
-        assert 0 <= refit_epoch < 6
+        assert 0 <= refit_epoch < 3
         assert wait_round(studio)["state"] == "done"
         row = studio.store.get_round(1)
         m, now = row["metrics"], studio.reward_model_info()
