@@ -3,8 +3,9 @@
     python bench/gate_power.py [--sims 2000] [--replay DATA_DIR ...]
 
 Simulates A/B votes (win, loss or tie with fixed probabilities) through `studio.gate.decide` with the
-default `GateRule` (inconclusive after 32 decisive votes or 64 in all) and variants: 32 votes in all (the
-default before), 16 decisive or 64 in all, a rejection needing 4 decisive votes (not adopted), and the
+default `GateRule` (rejected once people are confident fewer than 1 vote in 5 sees a difference, inconclusive after
+32 decisive votes or 64 in all) and variants: the same without the no-difference rejection (before), 32 votes in
+all (the default before that), 16 decisive or 64 in all, a rejection needing 4 decisive votes (not adopted), and the
 earliest rule, which counted a tie as half a win and half a loss in the posterior, with 24 votes at most.
 Prints, per tie rate and q (the candidate's share of the votes that see a difference), the share promoted
 and the mean votes a trial took. `--replay` feeds the A/B votes recorded in live-loop work directories to
@@ -64,15 +65,17 @@ def trial(probs: tuple[float, float], rule: gate.GateRule, decide, rng) -> tuple
 
 
 def simulate(sims: int) -> None:
-    rules = {"sign test, 32 decisive or 64 votes (default)": (gate.GateRule(), _studio),
-             "sign test, 32 votes": (gate.GateRule(max_decisive=32, max_votes=32), _studio),
-             "sign test, 16 decisive or 64 votes": (gate.GateRule(max_decisive=16, max_votes=64), _studio),
-             "sign test, 32 votes, rejection on >= 4 decisive": (gate.GateRule(max_decisive=32, max_votes=32),
+    rules = {"sign test, no-difference rejection, 32 decisive or 64 votes (default)": (gate.GateRule(), _studio),
+             "sign test, 32 decisive or 64 votes (before)": (gate.GateRule(min_seen=0), _studio),
+             "sign test, 32 votes": (gate.GateRule(max_decisive=32, max_votes=32, min_seen=0), _studio),
+             "sign test, 16 decisive or 64 votes": (gate.GateRule(max_decisive=16, max_votes=64, min_seen=0), _studio),
+             "sign test, 32 votes, rejection on >= 4 decisive": (gate.GateRule(max_decisive=32, max_votes=32,
+                                                                               min_seen=0),
                                                                  _reject_on_4),
              "ties as halves, 24 votes (before)": (gate.GateRule(max_decisive=24, max_votes=24), _ties_half)}
     print("| ties | q | win rate | " + " | ".join(f"{k}: promoted, votes" for k in rules) + " |")
     print("|---|---|---|" + "---|" * len(rules))
-    for tie in (0.0, 0.5, 0.7, 0.9):
+    for tie in (0.0, 0.5, 0.7, 0.8, 0.9):
         for q in (0.5, 0.65, 0.8):
             probs = ((1 - tie) * q, (1 - tie) * (1 - q))
             cells = []
@@ -85,7 +88,7 @@ def simulate(sims: int) -> None:
 
 def replay(dirs: list[str]) -> None:
     rule, before = gate.GateRule(), gate.GateRule(max_decisive=24, max_votes=24)
-    print("| run | candidate | verdict then | sign test, 32 decisive or 64 | ties as halves, 24 | all its A/B votes (w, l, t) |")
+    print("| run | candidate | verdict then | default rule now | ties as halves, 24 | all its A/B votes (w, l, t) |")
     print("|---|---|---|---|---|---|")
     for d in dirs:
         db = sqlite3.connect(Path(d) / "feedback.db")

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MATH, STATS, POLICY = "tests/test_math.py", "tests/test_stats.py", "tests/test_policy.py"
 CONFIRM = "tests/test_gate.py::test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit"
 CLUSTER = "tests/test_gate.py::test_a_fidelity_change_counts_a_prompt_once_however_many_seeds_show_it"
+RULE = "tests/test_gate.py::test_rule_promotes_clear_wins_and_rejects_ties_and_losses"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ MUTANTS = [
     Mutant("fidelity_se_per_image", "studio/checks.py", "resid = np.bincount(group, weights=d - d.mean())",
            "resid = d - d.mean()", (CLUSTER,),
            "the fidelity change's standard error treats the two seeds of a prompt as independent images"),
+    Mutant("gate_seen_counts_ties", "studio/gate.py", "stats.beta(1 + self.wins + self.losses, 1 + self.ties)",
+           "stats.beta(1 + self.ties, 1 + self.wins + self.losses)", (RULE,),
+           "the gate's share of votes that see a difference counts the ties instead"),
 ]
 
 

@@ -11,7 +11,10 @@ checked after every vote:
 
 1. promote when P(q > 1/2) >= `confidence`,
 2. reject when P(q > 1/2 + `margin`) < 1 - `confidence`: people are confident it is not clearly better,
-3. reject as inconclusive after `max_decisive` votes that saw a difference or `max_votes` in all (ties
+3. reject when people see no difference: P(d > `min_seen`) < 1 - `confidence`, where d, the share of votes
+   that see one, gets a Beta(1 + wins + losses, 1 + ties) posterior (13 ties in a row end a trial: one that
+   was all ties ran to its 64-vote limit, and one in a live loop spent 64 of 300 labels on 62 ties),
+4. reject as inconclusive after `max_decisive` votes that saw a difference or `max_votes` in all (ties
    included): when most votes are ties a trial runs longer; without ties it ends after 32 votes, as before.
 
 The leaderboard fits Bradley–Terry strengths to every cross-version vote (base anchored at 0, a weak
@@ -40,12 +43,15 @@ class GateRule:
     # 90% (67%); one equal to the served version 17-18% (12-14%) (bench/gate_power.py, RESULTS "Gate power")
     max_decisive: int = 32
     max_votes: int = 64
+    # a candidate that fewer than this share of A/B votes tell from the served version is no improvement people
+    # can see (0: off). 0.2 rejects an all-tie trial after 13 votes
+    min_seen: float = 0.2
 
     def __post_init__(self):
         if not (0.5 < self.confidence < 1 and 0 < self.margin < 0.5 and 1 <= self.min_votes <= self.max_votes
-                and 1 <= self.max_decisive <= self.max_votes):
+                and 1 <= self.max_decisive <= self.max_votes and 0 <= self.min_seen < 1):
             raise ValueError("gate rule: need 0.5 < confidence < 1, 0 < margin < 0.5, 1 <= min_votes <= max_votes, "
-                             "1 <= max_decisive <= max_votes")
+                             "1 <= max_decisive <= max_votes, 0 <= min_seen < 1")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ class Record:
     def decisive(self):
         """Of q, the share of the votes that saw a difference the candidate wins (ties left out): the rule's."""
         return stats.beta(1 + self.wins, 1 + self.losses)
+
+    def seen(self):
+        """Of d, the share of votes that see a difference (not a tie)."""
+        return stats.beta(1 + self.wins + self.losses, 1 + self.ties)
 
     def p_above(self, threshold: float) -> float:
         """Posterior probability that q exceeds `threshold`."""
@@ -117,6 +127,9 @@ def decide(rec: Record, rule: GateRule) -> tuple[str, str]:
     if rec.p_above(0.5 + rule.margin) < 1 - rule.confidence:
         return "reject", (f"people don't prefer it: {said}, P(wins > {0.5 + rule.margin:.0%} of the votes that see a "
                           f"difference) < {1 - rule.confidence:.2f}")
+    if float(rec.seen().sf(rule.min_seen)) < 1 - rule.confidence:
+        return "reject", (f"people see no difference: {said}; P(more than {rule.min_seen:.0%} of votes see one) < "
+                          f"{1 - rule.confidence:.2f}")
     if rec.n >= rule.max_votes or rec.wins + rec.losses >= rule.max_decisive:
         return "reject", f"inconclusive after {rec.n} A/B votes: {said}"
     return "wait", f"{said}, P(better) = {p_better:.3f}"

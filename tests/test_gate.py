@@ -47,9 +47,16 @@ def test_rule_promotes_clear_wins_and_rejects_ties_and_losses():
     assert gate.decide(gate.Record(5, 0, 0), rule)[0] == "wait"  # too few votes
     assert gate.decide(gate.Record(6, 0, 0), rule)[0] == "promote"
     assert gate.decide(gate.Record(0, 6, 0), rule)[0] == "reject"
-    # identical-looking versions: ties alone never promote, and say nothing either way until the vote limit
-    assert gate.decide(gate.Record(0, 0, 39), rule)[0] == "wait"
-    assert gate.decide(gate.Record(0, 0, 40), rule)[0] == "reject"
+    # identical-looking versions: ties alone never promote; people who see no difference reject it once
+    # P(more than 20% of votes see one) < 0.05, for a run of ties 0.8^(ties + 1): 13 of them
+    assert gate.decide(gate.Record(0, 0, 12), rule)[0] == "wait"
+    verdict, why = gate.decide(gate.Record(0, 0, 13), rule)
+    assert verdict == "reject" and why.startswith("people see no difference"), why
+    assert gate.Record(0, 0, 13).seen().sf(0.2) == pytest.approx(0.8 ** 14)
+    assert gate.decide(gate.Record(0, 0, 40), gate.GateRule(max_decisive=20, max_votes=40, min_seen=0))[0] == "reject"
+    assert gate.decide(gate.Record(0, 0, 39), gate.GateRule(max_decisive=20, max_votes=40, min_seen=0))[0] == "wait"
+    # a third of the votes seeing a difference is plenty: it waits for their direction
+    assert gate.decide(gate.Record(3, 3, 12), rule)[0] == "wait"
     # ties say nothing about direction: 8 wins and 2 losses promote with or without 14 ties beside them
     # (counted as half a win and half a loss, the ties pulled P(better) down to 0.89: live loop, rejected)
     assert gate.decide(gate.Record(8, 2, 0), rule)[0] == gate.decide(gate.Record(8, 2, 14), rule)[0] == "promote"
@@ -249,11 +256,11 @@ def test_people_reject_a_candidate_that_looks_like_the_served_one(studio, tmp_pa
     version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "meh", 0.05))
     assert verdict == "candidate", reason
     n = _vote_ab(studio, lambda ga, gb, cand: "tie", 90)
-    # all ties: nothing says it is better, and the trial ends at the vote limit
-    assert n == studio.settings.gate_max_votes == 64
+    # all ties: nobody sees a difference, and the trial ends after 13 votes, not at its 64-vote limit
+    assert n == 13
     assert studio.generator.candidate is None and studio.generator.version == "base"
     row = studio.store.get_round(int(version.removeprefix("round-")))
-    assert row["verdict"] == "rejected" and "inconclusive" in row["verdict_reason"]
+    assert row["verdict"] == "rejected" and "people see no difference" in row["verdict_reason"]
     assert version not in studio.versions()
     with pytest.raises(ValueError, match="rejected"):
         studio.activate(version)
