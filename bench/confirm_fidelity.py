@@ -80,14 +80,12 @@ def main() -> None:
             if k in studio_sets:
                 row[k] = {"all": row[k], **seed_details(base[k], tuned)}
             if k.startswith("draw_"):  # each look as the studio's check takes it, up to the one that decides
-                for n in checks.confirmation_looks(settings.confirm_prompts):
-                    c = checks.fidelity_change(base[k][:n], tuned[:n], prompts[:n])
-                    settled = checks.confirm_settled(c)
-                    row[k][f"look_{n}"] = f"{c['change_points']:+.1f} ± {c['se_points']:.1f}" + (
-                        " settled" if settled else "")
-                    if settled:
-                        break
-                row[k]["verdict"] = "fails" if checks.confirm_reason(c) else "passes"
+                looks = checks.confirmation_changes(settings.confirm_prompts, prompts, lambda n: base[k][:n],
+                                                    lambda n: tuned[:n])
+                for c in looks:
+                    row[k][f"look_{c['n']}"] = f"{c['change_points']:+.1f} ± {c['se_points']:.1f}" + (
+                        " settled" if checks.confirm_settled(c) else "")
+                row[k]["verdict"] = "fails" if checks.confirm_reason(looks[-1]) else "passes"
         print(json.dumps(row), flush=True)
 
 

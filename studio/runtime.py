@@ -407,15 +407,18 @@ class Studio:
         metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds, a look at a
         time (`checks.confirmation_looks`): more only while the last look leaves it unsettled
         (`checks.confirm_settled`)."""
+        prompts, seeds, _ = self._base_confirmation(rid, 0)  # the round's draw (the base is scored per look)
         mine = np.zeros(0)
-        for n in checks.confirmation_looks(self.settings.confirm_prompts):
-            prompts, seeds, base = self._base_confirmation(rid, n)
+
+        def candidate_upto(n: int) -> np.ndarray:
+            nonlocal mine
             mine = np.concatenate([mine, checks.fidelity_scores(
                 lambda p, sd: self.generator.generate(p, sd, version=version)[0], prompts[len(mine):n],
                 seeds[len(mine):n])])
-            change = checks.fidelity_change(base, mine, prompts[:n])
-            if checks.confirm_settled(change):
-                break
+            return mine
+
+        change = checks.confirmation_changes(self.settings.confirm_prompts, prompts,
+                                             lambda n: self._base_confirmation(rid, n)[2], candidate_upto)[-1]
         metrics = self.store.get_round(rid).get("metrics") or {}
         self.store.update_round(rid, metrics={**metrics, "fidelity_confirmed": change})
         return checks.confirm_reason(change)
