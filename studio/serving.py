@@ -216,7 +216,10 @@ class PairQueue:
         ids = [self.store.add_sample(im, prompt, s, steps, guidance, generator=version)
                for im, s in zip(images, seeds)]
         if self.rng.random() < self.earlier_fraction:
-            older = [s for s in self.store.samples() if s["prompt"] == prompt and s["generator"] != version]
+            # never the candidate's samples: its votes against the served version are the gate's A/B trial,
+            # which must show both on one prompt and seed
+            older = [s for s in self.store.samples() if s["prompt"] == prompt
+                     and s["generator"] not in (version, self.gen.candidate)]
             if older:
                 ids[1] = self.rng.choice(older)["id"]
         if self.rng.random() < 0.5:
