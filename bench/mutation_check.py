@@ -30,6 +30,8 @@ MATH, STATS, POLICY = "tests/test_math.py", "tests/test_stats.py", "tests/test_p
 CONFIRM = "tests/test_gate.py::test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit"
 CLUSTER = "tests/test_gate.py::test_a_fidelity_change_counts_a_prompt_once_however_many_seeds_show_it"
 RULE = "tests/test_gate.py::test_rule_promotes_clear_wins_and_rejects_ties_and_losses"
+SAME_SEED = "tests/test_gate.py::test_only_same_seed_votes_count_in_a_trial"
+EARLIER = "tests/test_serving.py::test_earlier_version_pairs_never_show_the_candidate"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,10 @@ MUTANTS = [
     Mutant("gate_seen_counts_ties", "studio/gate.py", "stats.beta(1 + self.wins + self.losses, 1 + self.ties)",
            "stats.beta(1 + self.ties, 1 + self.wins + self.losses)", (RULE,),
            "the gate's share of votes that see a difference counts the ties instead"),
+    Mutant("trial_counts_cross_seed", "feedback/store.py", "where += \" AND sa.seed = sb.seed AND", "where += \" AND 1 AND",
+           (SAME_SEED,), "the gate's trial counts candidate-vs-served votes on two seeds as A/B votes"),
+    Mutant("earlier_pair_shows_candidate", "studio/serving.py", "not in (version, self.gen.candidate)]",
+           "not in (version,)]", (EARLIER,), "an earlier-version pair may show the pending candidate's sample"),
 ]
 
 

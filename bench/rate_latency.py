@@ -109,7 +109,7 @@ def main() -> None:
             studio.rounds.wait_for(lambda p: p["state"] == "training", 600)
 
             def ab() -> int:  # A/B votes so far (ties included)
-                return len(studio.store.comparisons(between=(cand, served)))
+                return len(studio.store.comparisons(between=(cand, served), same_seed=True))
 
             for _ in range(args.votes + 1):
                 before = ab()

@@ -408,13 +408,17 @@ class FeedbackStore:
         return self._db().execute("SELECT 1 FROM rater_tokens WHERE name = ?",
                                   [identity.normalise_name(name)]).fetchone() is not None
 
-    def comparisons(self, include_skips: bool = False, between: tuple[str, str] | None = None) -> list[dict]:
+    def comparisons(self, include_skips: bool = False, between: tuple[str, str] | None = None,
+                    same_seed: bool = False) -> list[dict]:
         """Live (not undone) comparisons in the order they were made, with prompt text and generators;
-        with `between`, only those of a sample of one generator against one of the other (either side)."""
+        with `between`, only those of a sample of one generator against one of the other (either side); with
+        `same_seed`, only pairs of one seed, steps and guidance (an A/B pair: two versions of one image)."""
         where, params = "c.undone_at IS NULL" + ("" if include_skips else " AND c.choice != 'skip'"), []
         if between is not None:
             where += (" AND ((sa.generator = ? AND sb.generator = ?) OR (sa.generator = ? AND sb.generator = ?))")
             params = [between[0], between[1], between[1], between[0]]
+        if same_seed:  # NULL seeds (imported samples) match nothing
+            where += " AND sa.seed = sb.seed AND sa.steps = sb.steps AND sa.guidance = sb.guidance"
         return list(self._db().query(f"{self._COMPARISON_SQL} WHERE {where} ORDER BY c.id", params))
 
     def judged_pairs(self, rater: str) -> set[tuple[str, str]]:

@@ -302,7 +302,7 @@ class Studio:
             if cand is None:
                 return "none", "no candidate on trial"
             served = self.generator.version
-            rec = gate.record(self.store.comparisons(between=(cand, served)), cand, served)
+            rec = gate.record(self.store.comparisons(between=(cand, served), same_seed=True), cand, served)
             decision, why = gate.decide(rec, self.settings.gate_rule())
             if decision == "promote":
                 rid, _ = self._round_version(cand)
@@ -522,7 +522,7 @@ class Studio:
         cand, served = self.generator.candidate, self.generator.version
         if cand is None:
             return views.trial_text(None, served, None, "", "")
-        rec = gate.record(self.store.comparisons(between=(cand, served)), cand, served)
+        rec = gate.record(self.store.comparisons(between=(cand, served), same_seed=True), cand, served)
         return views.trial_text(cand, served, rec, *gate.decide(rec, self.settings.gate_rule()))
 
     def train_view(self) -> tuple[str, list[dict], list[dict]]:

@@ -160,6 +160,29 @@ def test_people_promote_a_candidate_they_prefer(studio, tmp_path):
     assert served == version and init is not None and init.exists()
 
 
+def test_only_same_seed_votes_count_in_a_trial(studio, tmp_path):
+    """The gate's trial counts A/B pairs (the two versions of one image): a vote on the candidate against the
+    served version on two seeds (an earlier-version pair, or one from an export) goes to the leaderboard, not to
+    the trial, and cannot promote it."""
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "good", 0.05))
+    assert verdict == "candidate", reason
+    s = studio.settings
+    for i in range(8):
+        prompt, ids = "a red circle", {}
+        for v, seed in (("base", 100 + 2 * i), (version, 101 + 2 * i)):
+            im = studio.generator.generate([prompt], [seed], version=v)[0][0]
+            ids[v] = studio.store.add_sample(im, prompt, seed, s.steps, s.guidance, generator=v)
+        row = studio.vote(studio.rater("crossseed", TOKENS.get("crossseed")), ids[version], ids["base"], "a",
+                          f"cross-{i}")
+        TOKENS["crossseed"] = row["rater_token"]
+    assert studio.generator.candidate == version and studio.generator.version == "base"  # 8 wins, none counted
+    assert "0 wins, 0 losses, 0 ties" in studio.trial(), studio.trial()
+    board = {r["version"]: r for r in studio.leaderboard()}
+    assert board[version]["votes"] == 8  # people's cross-version votes still rank the versions
+    assert _vote_ab(studio, lambda ga, gb, cand: "a" if ga == cand else "b", 20) == 6  # A/B votes decide it
+    assert studio.generator.version == version
+
+
 def test_the_next_round_starts_from_the_weights_people_were_shown(studio, tmp_path):
     """A round whose keeper handed over an earlier epoch leaves its trainer checkpoint at the last epoch: the next
     round must start from the handed-over LoRA that people voted for, not from that checkpoint."""

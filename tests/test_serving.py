@@ -168,3 +168,31 @@ def test_a_dry_queue_hands_over_a_two_image_pair_at_once(tmp_path):
     gen.set_candidate(None)
     rendered.clear()
     assert "ab" not in q.get() and sum(rendered) == 2
+
+
+def test_earlier_version_pairs_never_show_the_candidate(tmp_path):
+    """An earlier-version pair pits the served version's new sample against an older version's sample of the
+    prompt, never against the pending candidate's: a vote on that would be a candidate-vs-served vote on two seeds."""
+    from PIL import Image
+
+    from feedback import FeedbackStore
+    from studio.serving import PairQueue
+
+    lcm_pipeline("tiny").save_pretrained(tmp_path / "model")
+    lora = random_lcm_lora(lcm_pipeline("tiny"), tmp_path / "lora", rank=4, seed=1)
+    gen = ServedGenerator(StudioSettings(model=str(tmp_path / "model"), steps=2, data_dir=tmp_path / "d"))
+    gen.set_candidate("round-2", lora)
+    store = FeedbackStore(tmp_path / "live")
+    prompt = "a red circle"
+    q = PairQueue(store, gen, [prompt], size=2, seed=0, candidates=2, ab_fraction=1.0, ab_draws=1)
+    assert q.make_pair().get("ab") == "round-2"  # the candidate's sample of the prompt is in the store now
+    q.ab_fraction, q.earlier_fraction = 0.0, 1.0
+    for _ in range(3):
+        pair = q.make_pair()
+        shown = {store.get_sample(pair[k])["generator"] for k in ("a", "b")}
+        assert shown == {"base"}, shown  # no older version yet: two served samples
+    older = store.add_sample(Image.new("RGB", (32, 32), (200, 40, 40)), prompt, 7, 2, 8.0, generator="round-1")
+    for _ in range(3):
+        pair = q.make_pair()
+        assert {store.get_sample(pair[k])["generator"] for k in ("a", "b")} == {"base", "round-1"}
+        assert older in (pair["a"], pair["b"])
