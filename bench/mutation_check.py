@@ -32,6 +32,7 @@ CLUSTER = "tests/test_gate.py::test_a_fidelity_change_counts_a_prompt_once_howev
 RULE = "tests/test_gate.py::test_rule_promotes_clear_wins_and_rejects_ties_and_losses"
 SAME_SEED = "tests/test_gate.py::test_only_same_seed_votes_count_in_a_trial"
 EARLIER = "tests/test_serving.py::test_earlier_version_pairs_never_show_the_candidate"
+ON_TRIAL = "tests/test_gate.py::test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ MUTANTS = [
            (SAME_SEED,), "the gate's trial counts candidate-vs-served votes on two seeds as A/B votes"),
     Mutant("earlier_pair_shows_candidate", "studio/serving.py", "not in (version, self.gen.candidate)]",
            "not in (version,)]", (EARLIER,), "an earlier-version pair may show the pending candidate's sample"),
+    Mutant("trial_promotes_unconfirmed", "studio/runtime.py", 'if decision == "promote" and cand == self._confirming:',
+           'if decision == "promote" and cand == self._confirming and False:', (ON_TRIAL,),
+           "votes promote a candidate whose fidelity confirmation is still running"),
 ]
 
 

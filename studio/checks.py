@@ -129,16 +129,21 @@ def confirmation_looks(n_prompts: int) -> list[int]:
     return sorted({2 * (n_prompts // k) for k in (4, 2, 1)} - {0})
 
 
-def confirmation_changes(n_prompts: int, prompts: list[str], base_upto, candidate_upto) -> list[dict]:
+def iter_confirmation(n_prompts: int, prompts: list[str], base_upto, candidate_upto):
     """The confirmation's looks in order (`confirmation_looks`), each the `fidelity_change` on the first n images,
     up to the first that settles it (`confirm_settled`) or the last: `base_upto(n)` and `candidate_upto(n)` give
-    the per-image fidelity of the first n images, so a caller renders only what the looks reach."""
-    looks = []
+    the per-image fidelity of the first n images, so a caller renders only what the looks reach (a look's
+    images are rendered when the caller asks for it: the studio opens a trial between two looks)."""
     for n in confirmation_looks(n_prompts):
-        looks.append(fidelity_change(base_upto(n), candidate_upto(n), prompts[:n]))
-        if confirm_settled(looks[-1]):
-            break
-    return looks
+        change = fidelity_change(base_upto(n), candidate_upto(n), prompts[:n])
+        yield change
+        if confirm_settled(change):
+            return
+
+
+def confirmation_changes(n_prompts: int, prompts: list[str], base_upto, candidate_upto) -> list[dict]:
+    """Every look of `iter_confirmation`, rendered at once."""
+    return list(iter_confirmation(n_prompts, prompts, base_upto, candidate_upto))
 
 
 def confirm_settled(change: dict) -> bool:

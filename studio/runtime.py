@@ -83,6 +83,7 @@ class Studio:
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []  # warm-up and automatic rounds' fits, joined by `close`
         self._gate_lock = threading.Lock()
+        self._confirming: str | None = None  # the candidate on trial whose fidelity confirmation still runs
         self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
         self._compare_scores: dict[tuple, dict] = {}  # (version, reward model, image mtimes) -> reward, fidelity
         self._base_fidelity: dict[tuple, np.ndarray] = {}  # (round, steps, guidance, images) -> base's fidelity
@@ -303,7 +304,7 @@ class Studio:
                 return "none", "no candidate on trial"
             served = self.generator.version
             rec = gate.record(self.store.comparisons(between=(cand, served), same_seed=True), cand, served)
-            decision, why = gate.decide(rec, self.settings.gate_rule())
+            decision, why = self._decide(cand, rec)
             if decision == "promote":
                 rid, _ = self._round_version(cand)
                 self.store.update_round(rid, verdict="promoted", verdict_reason=f"people's votes: {why}")
@@ -311,6 +312,14 @@ class Studio:
             elif decision == "reject":
                 self.reject(cand, f"people's votes: {why}")
             return decision, why
+
+    def _decide(self, cand: str, rec: gate.Record) -> tuple[str, str]:
+        """The gate rule's decision on `cand`'s A/B record, held at "wait" while its prompt fidelity is still
+        being confirmed on new prompts (`_confirm_on_trial`): votes may reject it then, not promote it."""
+        decision, why = gate.decide(rec, self.settings.gate_rule())
+        if decision == "promote" and cand == self._confirming:
+            return "wait", f"{why}; promoted once its prompt fidelity on new prompts is confirmed"
+        return decision, why
 
     def submit_candidate(self, lora_dir: str | Path, by: str = "admin") -> tuple[str, str, str | None]:
         """Put a LoRA trained elsewhere (diffusers format, e.g. `python -m rlcm train`'s lora/) on trial like a
@@ -334,8 +343,10 @@ class Studio:
         """A trained round's verdict: rejected at once when its numbers or its images fail the automatic
         checks, else a candidate on trial in A/B pairs. The served version never changes here. When the
         handed-over epoch fails the image checks (mostly: it lost prompt fidelity on new prompts), the round
-        steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`)."""
-        version = f"round-{rid}"
+        steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`).
+        When the confirmation's first look leaves it unsettled, the trial opens and the rest of the looks follow
+        while people vote (`_confirm_on_trial`): the verdict returned is the one after them."""
+        version, rest = f"round-{rid}", None
         parent = _parent_of(self.store.get_round(rid))
         if reason is None and parent not in (BASE, self.generator.version):
             reason = self._await_parent(rid, parent)
@@ -345,12 +356,12 @@ class Studio:
                 if parent != BASE and parent == self.generator.version:
                     self._render_compare(parent, lambda p, sd: self.generator.generate(p, sd, version=parent)[0],
                                          only_new=True)
-                reason, lost = self._check_images(rid, version, lora_dir, parent), None
+                (reason, rest), lost = self._check_images(rid, version, lora_dir, parent), None
                 if reason is not None and fallback is not None:
                     epoch, earlier = fallback
                     lost = {"epoch": (self.store.get_round(rid).get("metrics") or {}).get("epoch_served"),
                             "reason": reason}
-                    reason = self._check_images(rid, version, earlier, parent)
+                    reason, rest = self._check_images(rid, version, earlier, parent)
                     if reason is None:
                         replace_lora(lora_dir, earlier)
                         metrics = self.store.get_round(rid).get("metrics") or {}
@@ -362,11 +373,50 @@ class Studio:
             if reason is not None:
                 self.generator.set_candidate(None)
         verdict = "rejected" if reason else "candidate"
+        if verdict == "candidate" and rest is not None:  # before its trial opens: a restart then rejects it
+            self._confirming = version
+            self._update_metrics(rid, confirming=True)
         self.store.update_round(rid, verdict=verdict, verdict_reason=f"automatic check: {reason}" if reason else None)
         if verdict == "candidate":  # after the store says so: a vote may promote it from the next moment on
             self.generator.open_trial(version)
         self.queue.flush()
+        if verdict == "candidate" and rest is not None:
+            return self._confirm_on_trial(rid, version, rest)
         return verdict, reason
+
+    def _confirm_on_trial(self, rid: int, version: str, looks) -> tuple[str, str | None]:
+        """The confirmation's remaining looks (`checks.iter_confirmation`) while `version` is already on trial:
+        people vote meanwhile instead of waiting a minute or more for up to 512 more images per version (live loop,
+        table22: the checks took 70-114 s of a round's 3-4 minutes). The gate may reject it meanwhile but promotes
+        it only once the looks pass; a failing look rejects it (no step back to an earlier epoch: the trial's
+        votes were cast on these weights). Its (verdict, reason) when the looks end."""
+        if self.rounds.running:  # a round's checks (a submitted LoRA's run in the caller's thread)
+            self.rounds.set_state("checking while on trial")
+        change, reason = None, None
+        try:
+            for change in looks:
+                self._update_metrics(rid, fidelity_confirmed=change)
+            reason = checks.confirm_reason(change)
+        except Exception as e:  # its trial ended meanwhile (the version no longer renders), or the check broke
+            reason = f"{type(e).__name__}: {e}"
+        finally:
+            self._confirming = None
+            self._update_metrics(rid, confirming=None)
+        if reason is not None:
+            with self._gate_lock:
+                if self.generator.candidate == version:  # ended by votes or an admin: their verdict stands
+                    self.reject(version, f"automatic check: {reason} (while on trial)")
+                    return "rejected", f"{reason} (while on trial)"
+        else:
+            self.check_gate()  # the votes may have been waiting for this
+        row = self.store.get_round(rid)
+        return row.get("verdict"), row.get("verdict_reason")
+
+    def _update_metrics(self, rid: int, **values) -> None:
+        """Set (None: remove) some of round `rid`'s metrics."""
+        metrics = dict(self.store.get_round(rid).get("metrics") or {})
+        metrics.update(values)
+        self.store.update_round(rid, metrics={k: v for k, v in metrics.items() if v is not None})
 
     def _await_parent(self, rid: int, parent: str) -> str | None:
         """A round trained ahead from `parent` while it was on trial waits (in its own thread) for people's
@@ -392,21 +442,23 @@ class Studio:
         except (ValueError, KeyError):
             return {}
 
-    def _check_images(self, rid: int, version: str, lora_dir: Path, parent: str) -> str | None:
+    def _check_images(self, rid: int, version: str, lora_dir: Path, parent: str) -> tuple[str | None, object]:
         """Load `lora_dir` as `version` for the checks (not on trial), render its Compare images and check them,
-        then confirm its prompt fidelity on new prompts: why it fails, or None."""
+        then confirm its prompt fidelity on new prompts: (why it fails or None, the confirmation's remaining
+        looks or None; see `_confirm_fidelity`)."""
         self.generator.set_candidate(version, lora_dir, trial=False)
         self._render_compare(version, lambda p, sd: self.generator.generate(p, sd, version=version)[0])
         reason = checks.images_reason(self.settings.data_dir / "compare", version, parent)
         if reason is None and self.settings.confirms_fidelity:
-            reason = self._confirm_fidelity(rid, version)
-        return reason
+            return self._confirm_fidelity(rid, version)
+        return reason, None
 
-    def _confirm_fidelity(self, rid: int, version: str) -> str | None:
+    def _confirm_fidelity(self, rid: int, version: str) -> tuple[str | None, object]:
         """Toy prompt fidelity of `version` against the base on the confirmation set, recorded in the round's
-        metrics; why it fails, or None. Both are scored on the round's own draw of prompts and seeds, a look at a
-        time (`checks.confirmation_looks`): more only while the last look leaves it unsettled
-        (`checks.confirm_settled`)."""
+        metrics. Both are scored on the round's own draw of prompts and seeds, a look at a time
+        (`checks.iter_confirmation`): more only while the last look leaves it unsettled. Returns (why the first
+        look fails it, None) or (None, None) when that look settles it or is the only one; otherwise (None, the
+        remaining looks), which the studio takes while the version is on trial (`_confirm_on_trial`)."""
         prompts, seeds, _ = self._base_confirmation(rid, 0)  # the round's draw (the base is scored per look)
         mine = np.zeros(0)
 
@@ -417,11 +469,13 @@ class Studio:
                 seeds[len(mine):n])])
             return mine
 
-        change = checks.confirmation_changes(self.settings.confirm_prompts, prompts,
-                                             lambda n: self._base_confirmation(rid, n)[2], candidate_upto)[-1]
-        metrics = self.store.get_round(rid).get("metrics") or {}
-        self.store.update_round(rid, metrics={**metrics, "fidelity_confirmed": change})
-        return checks.confirm_reason(change)
+        looks = checks.iter_confirmation(self.settings.confirm_prompts, prompts,
+                                         lambda n: self._base_confirmation(rid, n)[2], candidate_upto)
+        first = next(looks)
+        self._update_metrics(rid, fidelity_confirmed=first)
+        if checks.confirm_settled(first) or len(checks.confirmation_looks(self.settings.confirm_prompts)) == 1:
+            return checks.confirm_reason(first), None
+        return None, looks
 
     def _base_confirmation(self, rid: int, n: int | None = None) -> tuple[list[str], list[int], np.ndarray]:
         """Round `rid`'s confirmation set (its own prompts and seeds) and the base's per-image fidelity on its
@@ -486,7 +540,10 @@ class Studio:
 
     def _restore_candidate(self) -> None:
         for r in self.store.rounds():
-            if r["status"] == "done" and r.get("verdict") == "candidate" and Path(r["lora_path"] or "").exists():
+            if r["status"] == "done" and r.get("verdict") == "candidate" and (r.get("metrics") or {}).get("confirming"):
+                self.store.update_round(r["id"], verdict="rejected", verdict_reason="the studio stopped before its "
+                                        "prompt fidelity confirmation finished")
+            elif r["status"] == "done" and r.get("verdict") == "candidate" and Path(r["lora_path"] or "").exists():
                 self.generator.set_candidate(f"round-{r['id']}", r["lora_path"])
             elif r["status"] == "done" and not r.get("verdict"):  # stopped in its checks or waiting on its parent
                 self.store.update_round(r["id"], verdict="rejected",
@@ -523,7 +580,7 @@ class Studio:
         if cand is None:
             return views.trial_text(None, served, None, "", "")
         rec = gate.record(self.store.comparisons(between=(cand, served), same_seed=True), cand, served)
-        return views.trial_text(cand, served, rec, *gate.decide(rec, self.settings.gate_rule()))
+        return views.trial_text(cand, served, rec, *self._decide(cand, rec))
 
     def train_view(self) -> tuple[str, list[dict], list[dict]]:
         """Train tab: progress line (with the trial and auto-round notes), the rounds table, the raw curve rows."""

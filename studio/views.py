@@ -113,7 +113,8 @@ def history_rows(rounds: list[dict]) -> list[dict]:
 
 
 STAGE_LABELS = {"starting": "start", "fitting reward model": "fit", "waiting for the pair queue": "pair queue",
-                "training": "training", "waiting for votes": "waiting for votes", "checking": "checks"}
+                "training": "training", "waiting for votes": "waiting for votes", "checking": "checks",
+                "checking while on trial": "checks on trial"}
 
 
 def stage_times(stages: dict | None) -> str:

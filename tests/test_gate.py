@@ -432,6 +432,7 @@ def test_no_vote_sees_a_version_before_its_checks_pass(studio, tmp_path, monkeyp
     from studio import checks
 
     studio.settings.confirm_prompts = 4
+    monkeypatch.setattr(checks, "confirmation_looks", lambda n: [2 * n])  # one look, before any vote (see below)
     seen = []
     real = checks.confirm_reason
 
@@ -451,6 +452,52 @@ def test_no_vote_sees_a_version_before_its_checks_pass(studio, tmp_path, monkeyp
     assert verdict == "candidate" and studio.generator.candidate == version  # on trial once it passed
     pair = studio.queue.make_pair()  # ab_fraction 1: now every pair is an A/B pair
     assert {studio.store.get_sample(pair[k])["generator"] for k in ("a", "b")} == {"base", version}
+
+
+def test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote(studio, tmp_path, monkeypatch):
+    """When the first look leaves the fidelity confirmation unsettled, the trial opens and the other looks render
+    while people vote: their votes count, but promote the candidate only once the looks pass; failing looks
+    reject it however people voted. A restart in the middle rejects it."""
+    from studio import checks
+    from studio.runtime import Studio
+
+    studio.settings.confirm_prompts = 16
+    monkeypatch.setattr(checks, "confirm_settled", lambda change: False)  # every look is taken
+    real, during = checks.fidelity_change, []
+
+    def look(base, candidate, prompts):
+        if studio.generator.candidate is not None:  # a later look, rendered while on trial: people vote meanwhile
+            cand = studio.generator.candidate
+            n = _vote_ab(studio, lambda ga, gb, c: "a" if ga == c else "b", 8, rater=f"{cand}-{len(prompts)}")
+            during.append((len(prompts), n, studio.generator.version, studio.generator.candidate == cand,
+                           studio.trial()))
+        return real(base, candidate, prompts)
+
+    monkeypatch.setattr(checks, "fidelity_change", look)
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "gentle", 0.02))
+    assert verdict == "promoted" and studio.generator.version == version, (verdict, reason)
+    assert [d[:4] for d in during] == [(16, 8, "base", True), (32, 8, "base", True)], during  # looks 2 and 3
+    assert "promoted once its prompt fidelity on new prompts is confirmed" in during[0][4]
+    row = studio.store.get_round(int(version.removeprefix("round-")))
+    assert row["metrics"]["fidelity_confirmed"]["n"] == 32 and "confirming" not in row["metrics"]
+    assert row["verdict_reason"].startswith("people's votes")
+    during.clear()
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "loud", 0.4))  # people like it; fidelity no
+    assert verdict == "rejected" and "prompt fidelity on 32 new images" in reason and "while on trial" in reason
+    assert len(during) == 2 and studio.generator.candidate is None and studio.generator.version != version
+    # stopped between two looks: the restarted studio does not put it back on trial unconfirmed
+    monkeypatch.setattr(checks, "fidelity_change", real)
+    rid = studio.store.create_round({"by": "test", "init_version": studio.generator.version, "init_lora": None})
+    studio.store.update_round(rid, status="done", lora_path=str(tmp_path / "gentle"), verdict="candidate",
+                              metrics={"confirming": True})
+    studio.close()
+    again = Studio(studio.settings, start_workers=False)
+    try:
+        row = again.store.get_round(rid)
+        assert again.generator.candidate is None
+        assert row["verdict"] == "rejected" and "before its prompt fidelity confirmation finished" in row["verdict_reason"]
+    finally:
+        again.close()
 
 
 def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
