@@ -102,6 +102,8 @@ MUTANTS = [
     Mutant("trial_promotes_unconfirmed", "studio/runtime.py", 'if decision == "promote" and cand == self._confirming:',
            'if decision == "promote" and cand == self._confirming and False:', (ON_TRIAL,),
            "votes promote a candidate whose fidelity confirmation is still running"),
+    Mutant("held_trial_keeps_ab_pairs", "studio/runtime.py", "self._held is None or self._held != self._confirming",
+           "True", (ON_TRIAL,), "A/B pairs go on after people's votes would promote a candidate held for its checks"),
 ]
 
 

@@ -72,7 +72,8 @@ class Studio:
             before_load=lambda: self.queue.wait_full(ROUND_QUEUE_WAIT_S, self.rounds.cancel_event))
         self.queue = PairQueue(self.store, self.generator, self.prompts, s.queue_size, s.earlier_fraction,
                                reward_model=lambda: self.rounds.reward_model, candidates=s.pair_candidates,
-                               ab_fraction=s.ab_fraction, ab_draws=s.ab_draws, keep_unrated=s.keep_unrated)
+                               ab_fraction=s.ab_fraction, ab_draws=s.ab_draws, keep_unrated=s.keep_unrated,
+                               trial_needs_votes=lambda: self._held is None or self._held != self._confirming)
         # pairs shown lately are spared by pruning; never more of them than the unrated samples the admin keeps,
         # else the queue's window (512 ids) outweighs a small keep_unrated and unrated samples pile up to it
         self.queue.shown = collections.deque(maxlen=min(self.queue.shown.maxlen or 512,
@@ -84,6 +85,7 @@ class Studio:
         self._workers: list[threading.Thread] = []  # warm-up and automatic rounds' fits, joined by `close`
         self._gate_lock = threading.Lock()
         self._confirming: str | None = None  # the candidate on trial whose fidelity confirmation still runs
+        self._held: str | None = None  # the candidate whose votes would promote it, held for that confirmation
         self.auto_note = ""  # why the last automatic round did not start, shown in the Train tab
         self._compare_scores: dict[tuple, dict] = {}  # (version, reward model, image mtimes) -> reward, fidelity
         self._base_fidelity: dict[tuple, np.ndarray] = {}  # (round, steps, guidance, images) -> base's fidelity
@@ -318,6 +320,7 @@ class Studio:
         being confirmed on new prompts (`_confirm_on_trial`): votes may reject it then, not promote it."""
         decision, why = gate.decide(rec, self.settings.gate_rule())
         if decision == "promote" and cand == self._confirming:
+            self._held = cand  # no more A/B pairs for it: their votes could not change this (the queue asks)
             return "wait", f"{why}; promoted once its prompt fidelity on new prompts is confirmed"
         return decision, why
 

@@ -145,7 +145,8 @@ class PairQueue:
 
     def __init__(self, store, generator: ServedGenerator, prompts: list[str], size: int,
                  earlier_fraction: float = 0.25, seed: int = 0, reward_model=None, candidates: int = 4,
-                 ab_fraction: float = 0.5, ab_draws: int = 4, keep_unrated: int | None = None):
+                 ab_fraction: float = 0.5, ab_draws: int = 4, keep_unrated: int | None = None,
+                 trial_needs_votes=None):
         self.store, self.gen, self.prompts = store, generator, prompts
         # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
         # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing). A/B pairs
@@ -156,6 +157,9 @@ class PairQueue:
         self.q: queue.Queue = queue.Queue(maxsize=size)
         self.earlier_fraction = earlier_fraction
         self.ab_fraction = ab_fraction  # share of pairs that pit a pending candidate against the served version
+        # `trial_needs_votes()`: False while more A/B votes can't change the trial's outcome (the studio: people
+        # already prefer the candidate, which waits for its fidelity confirmation); ordinary pairs meanwhile
+        self.trial_needs_votes = trial_needs_votes or (lambda: True)
         # disk stays bounded under anonymous traffic: unrated samples beyond this are deleted, oldest first,
         # except those queued or shown recently (someone may still vote on them)
         self.keep_unrated = keep_unrated
@@ -200,7 +204,7 @@ class PairQueue:
         or, while a candidate is on trial, sometimes an A/B pair (see `make_ab_pair`). `quick` (the queue ran
         dry and someone waits for this pair): two images only, so no choice among `candidates` seeds or
         `ab_draws` draws (an A/B pair still comes at its share: its votes are what the gate waits for)."""
-        if self.gen.candidate is not None and self.rng.random() < self.ab_fraction:
+        if self.gen.candidate is not None and self.trial_needs_votes() and self.rng.random() < self.ab_fraction:
             pair = self.make_ab_pair(draws=1 if quick else None)
             if pair is not None:
                 return pair

@@ -456,8 +456,9 @@ def test_no_vote_sees_a_version_before_its_checks_pass(studio, tmp_path, monkeyp
 
 def test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote(studio, tmp_path, monkeypatch):
     """When the first look leaves the fidelity confirmation unsettled, the trial opens and the other looks render
-    while people vote: their votes count, but promote the candidate only once the looks pass; failing looks
-    reject it however people voted. A restart in the middle rejects it."""
+    while people vote: their votes count, but promote the candidate only once the looks pass (meanwhile, once
+    they would promote it, the queue shows ordinary pairs: more A/B votes could not change the outcome); failing
+    looks reject it however people voted. A restart in the middle rejects it."""
     from studio import checks
     from studio.runtime import Studio
 
@@ -468,16 +469,20 @@ def test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote(st
     def look(base, candidate, prompts):
         if studio.generator.candidate is not None:  # a later look, rendered while on trial: people vote meanwhile
             cand = studio.generator.candidate
-            n = _vote_ab(studio, lambda ga, gb, c: "a" if ga == c else "b", 8, rater=f"{cand}-{len(prompts)}")
+            n = 0 if during else _vote_ab(studio, lambda ga, gb, c: "a" if ga == c else "b", 6, rater=f"{cand}-v")
+            pair = studio.next_pair()
+            shown = {studio.store.get_sample(pair[k])["generator"] for k in ("a", "b")}
             during.append((len(prompts), n, studio.generator.version, studio.generator.candidate == cand,
-                           studio.trial()))
+                           cand in shown, studio.trial()))
         return real(base, candidate, prompts)
 
     monkeypatch.setattr(checks, "fidelity_change", look)
     version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "gentle", 0.02))
     assert verdict == "promoted" and studio.generator.version == version, (verdict, reason)
-    assert [d[:4] for d in during] == [(16, 8, "base", True), (32, 8, "base", True)], during  # looks 2 and 3
-    assert "promoted once its prompt fidelity on new prompts is confirmed" in during[0][4]
+    # looks 2 and 3: 6 clear wins would promote it, but it stays on trial, and with ab_fraction 1 the pairs are
+    # ordinary ones again
+    assert [d[:5] for d in during] == [(16, 6, "base", True, False), (32, 0, "base", True, False)], during
+    assert "promoted once its prompt fidelity on new prompts is confirmed" in during[0][5]
     row = studio.store.get_round(int(version.removeprefix("round-")))
     assert row["metrics"]["fidelity_confirmed"]["n"] == 32 and "confirming" not in row["metrics"]
     assert row["verdict_reason"].startswith("people's votes")
