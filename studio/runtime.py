@@ -367,8 +367,7 @@ class Studio:
                     reason, rest = self._check_images(rid, version, earlier, parent)
                     if reason is None:
                         replace_lora(lora_dir, earlier)
-                        metrics = self.store.get_round(rid).get("metrics") or {}
-                        self.store.update_round(rid, metrics={**metrics, "epoch_served": epoch, "stepped_back_from": lost})
+                        self._update_metrics(rid, epoch_served=epoch, stepped_back_from=lost)
                     else:
                         reason = f"{lost['reason']}; at epoch {epoch}: {reason}"
             except Exception as e:  # unloadable or broken weights
@@ -406,20 +405,25 @@ class Studio:
             self._confirming = None
             self._update_metrics(rid, confirming=None)
         if reason is not None:
+            reason = f"{reason} (while on trial)"
             with self._gate_lock:
                 if self.generator.candidate == version:  # ended by votes or an admin: their verdict stands
-                    self.reject(version, f"automatic check: {reason} (while on trial)")
-                    return "rejected", f"{reason} (while on trial)"
+                    self.reject(version, f"automatic check: {reason}")
+                    return "rejected", reason
         else:
             self.check_gate()  # the votes may have been waiting for this
         row = self.store.get_round(rid)
         return row.get("verdict"), row.get("verdict_reason")
 
     def _update_metrics(self, rid: int, **values) -> None:
-        """Set (None: remove) some of round `rid`'s metrics."""
+        """Set some of round `rid`'s metrics; a value None removes that one (others the round holds stay)."""
         metrics = dict(self.store.get_round(rid).get("metrics") or {})
-        metrics.update(values)
-        self.store.update_round(rid, metrics={k: v for k, v in metrics.items() if v is not None})
+        for k, v in values.items():
+            if v is None:
+                metrics.pop(k, None)
+            else:
+                metrics[k] = v
+        self.store.update_round(rid, metrics=metrics)
 
     def _await_parent(self, rid: int, parent: str) -> str | None:
         """A round trained ahead from `parent` while it was on trial waits (in its own thread) for people's

@@ -162,9 +162,10 @@ class StudioSettings:
     round_eval_prompts: int = 32  # held-out prompts (1 seed) of a round's reward and fidelity evaluations
     # toy prompt set: new held-out prompts (x2 seeds, drawn anew for each round) on which a finished round's
     # fidelity is confirmed against the base before it is promoted (studio.checks.confirm_reason); 0: off. It looks
-    # at 128 images before any vote, then (on trial, while unsettled) at 256 and 512. 256 images (standard error ~1.3 points, clustered by prompt) passed
-    # warm_colours' round 1 at -0.6 that measured -2.5 on 930 and -4.3, -4.1 on two other 256-image draws; 512
-    # (~0.9) make the change pass above about -1.1. Fewer images make the check stricter
+    # at 128 images before any vote, then (on trial, while unsettled) at 256 and 512. 256 images (standard error
+    # ~1.3 points, clustered by prompt) passed warm_colours' round 1 at -0.6 that measured -2.5 on 930 and -4.3,
+    # -4.1 on two other 256-image draws; 512 (~0.9) make the change pass above about -1.1. Fewer images make the
+    # check stricter
     confirm_prompts: int = 256
     # RLCM_ROUND_LR: LoRA learning rate of rounds (one AdamW step per epoch). Toy, warm_colours, 30 labels,
     # 12 epochs: 5e-4 left images unchanged to the oracle (win 0.50), 3e-3 won 0.64, 1e-2 collapsed fidelity
