@@ -4,7 +4,8 @@
 
 Simulates A/B votes (win, loss or tie with fixed probabilities) through `studio.gate.decide` with the
 default `GateRule` (rejected once people are confident fewer than 1 vote in 5 sees a difference, inconclusive after
-32 decisive votes or 64 in all) and variants: the same without the no-difference rejection (before), 32 votes in
+32 decisive votes or 64 in all) and variants: the default with a smaller margin (0.10, 0.05: a noisy rater who
+flips a fifth of its answers shows a true q of 0.8 as 0.68), the same without the no-difference rejection (before), 32 votes in
 all (the default before that), 16 decisive or 64 in all, a rejection needing 4 decisive votes (not adopted), and the
 earliest rule, which counted a tie as half a win and half a loss in the posterior, with 24 votes at most.
 Prints, per tie rate and q (the candidate's share of the votes that see a difference), the share promoted
@@ -66,6 +67,8 @@ def trial(probs: tuple[float, float], rule: gate.GateRule, decide, rng) -> tuple
 
 def simulate(sims: int) -> None:
     rules = {"sign test, no-difference rejection, 32 decisive or 64 votes (default)": (gate.GateRule(), _studio),
+             "the default with margin 0.10": (gate.GateRule(margin=0.10), _studio),
+             "the default with margin 0.05": (gate.GateRule(margin=0.05), _studio),
              "sign test, 32 decisive or 64 votes (before)": (gate.GateRule(min_seen=0), _studio),
              "sign test, 32 votes": (gate.GateRule(max_decisive=32, max_votes=32, min_seen=0), _studio),
              "sign test, 16 decisive or 64 votes": (gate.GateRule(max_decisive=16, max_votes=64, min_seen=0), _studio),
@@ -76,7 +79,7 @@ def simulate(sims: int) -> None:
     print("| ties | q | win rate | " + " | ".join(f"{k}: promoted, votes" for k in rules) + " |")
     print("|---|---|---|" + "---|" * len(rules))
     for tie in (0.0, 0.5, 0.7, 0.8, 0.9):
-        for q in (0.5, 0.65, 0.8):
+        for q in (0.4, 0.5, 0.65, 0.68, 0.8):
             probs = ((1 - tie) * q, (1 - tie) * (1 - q))
             cells = []
             for rule, decide in rules.values():
