@@ -131,7 +131,9 @@ def evaluate(studio: Studio, oracle, n_prompts: int, seed: int, rm=None) -> dict
 
 def round_counts(studio: Studio) -> dict:
     rounds = [r for r in studio.store.rounds() if r["status"] in ("running", "done", "failed", "cancelled")]
-    return {"rounds_started": len(rounds),
+    # a round that failed a look on trial goes on at an earlier epoch as a new version, not a new round trained
+    step_backs = sum("step_back_of" in (r.get("config") or {}) for r in rounds)
+    return {"rounds_started": len(rounds) - step_backs, "step_backs_on_trial": step_backs,
             "rounds_promoted": sum(r.get("verdict") == "promoted" for r in rounds),
             "rounds_rejected": sum(r.get("verdict") == "rejected" for r in rounds),
             "round_verdicts": [f"round-{r['id']}: {r['status']}/{r.get('verdict') or 'no verdict yet'}"
@@ -151,7 +153,9 @@ def section(report: dict, settings: StudioSettings, oracle: str, note: str = "")
             f"oracle `{oracle}` votes through `Studio.next_pair`/`Studio.vote` every {report['pace_s']:g} s.{note}\n\n"
             "| figure | value |\n|---|---|\n"
             f"| labels (of them A/B) | {report['labels']} ({report['gate_labels']}) |\n"
-            f"| rounds started / promoted / rejected | {report['rounds_started']} / {report['rounds_promoted']} / "
+            f"| rounds started / promoted / rejected | {report['rounds_started']}"
+            + (f" (+{report['step_backs_on_trial']} stepped back)" if report.get("step_backs_on_trial") else "")
+            + f" / {report['rounds_promoted']} / "
             f"{report['rounds_rejected']} |\n"
             f"| served version | {report['served_version']} |\n"
             + (f"| first served at label | "
@@ -198,7 +202,8 @@ def table(reports: list[dict]) -> str:
         goal = TARGET.get(r["labels"]) if r["oracle"] in LEARNABLE else None
         met = "–" if goal is None else f"{'met' if r['served_win_rate'] >= goal else 'missed'} (>= {goal:.2f})"
         rm = (f"{r['rm_accuracy']:.3f} ({r['rm_accuracy_n']})" if r.get("rm_accuracy") is not None else "none")
-        rows.append(f"| {r['oracle']} | {r['labels']} ({r['gate_labels']}) | {r['rounds_started']} / "
+        back = f" (+{r['step_backs_on_trial']} stepped back)" if r.get("step_backs_on_trial") else ""
+        rows.append(f"| {r['oracle']} | {r['labels']} ({r['gate_labels']}) | {r['rounds_started']}{back} / "
                     f"{r['rounds_promoted']} / {r['rounds_rejected']} | {r['served_version']} | "
                     f"{r['served_win_rate']:.3f} ({lo:.2f}–{hi:.2f}), {r['served_win_rate_n']}{_taste(r)} | "
                     f"{_change(r)} | {rm} | {'yes' if never_worse else '**no**'} | {met} |")

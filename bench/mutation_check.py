@@ -33,6 +33,7 @@ RULE = "tests/test_gate.py::test_rule_promotes_clear_wins_and_rejects_ties_and_l
 SAME_SEED = "tests/test_gate.py::test_only_same_seed_votes_count_in_a_trial"
 EARLIER = "tests/test_serving.py::test_earlier_version_pairs_never_show_the_candidate"
 ON_TRIAL = "tests/test_gate.py::test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote"
+STEP_BACK_ON_TRIAL = "tests/test_gate.py::test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version"
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,13 @@ MUTANTS = [
            "votes promote a candidate whose fidelity confirmation is still running"),
     Mutant("held_trial_keeps_ab_pairs", "studio/runtime.py", "self._held is None or self._held != self._confirming",
            "True", (ON_TRIAL,), "A/B pairs go on after people's votes would promote a candidate held for its checks"),
+    Mutant("no_step_back_on_trial", "studio/runtime.py", "fallback if lost is None else None", "None",
+           (STEP_BACK_ON_TRIAL,), "a round that fails a look on trial is dropped instead of stepping back"),
+    Mutant("step_back_keeps_old_votes", "studio/runtime.py",
+           'new = self.store.create_round({**(row.get("config") or {}), "by": f"step back from round-{rid}",',
+           'new = rid; self.store.update_round(rid, verdict=None); (lambda *a: a)({**(row.get("config") or {}), '
+           '"by": f"step back from round-{rid}",', (STEP_BACK_ON_TRIAL,),
+           "the earlier epoch goes on trial under the failed round's name, with the votes cast on the failed weights"),
 ]
 
 

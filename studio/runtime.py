@@ -346,7 +346,8 @@ class Studio:
         """A trained round's verdict: rejected at once when its numbers or its images fail the automatic
         checks, else a candidate on trial in A/B pairs. The served version never changes here. When the
         handed-over epoch fails the image checks (mostly: it lost prompt fidelity on new prompts), the round
-        steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`).
+        steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`;
+        after a failing look on trial it goes on as a new round instead, `_step_back_on_trial`).
         When the confirmation's first look leaves it unsettled, the trial opens and the rest of the looks follow
         while people vote (`_confirm_on_trial`): the verdict returned is the one after them."""
         version, rest = f"round-{rid}", None
@@ -383,37 +384,65 @@ class Studio:
             self.generator.open_trial(version)
         self.queue.flush()
         if verdict == "candidate" and rest is not None:
-            return self._confirm_on_trial(rid, version, rest)
+            return self._confirm_on_trial(rid, version, rest, fallback if lost is None else None)
         return verdict, reason
 
-    def _confirm_on_trial(self, rid: int, version: str, looks) -> tuple[str, str | None]:
+    def _confirm_on_trial(self, rid: int, version: str, looks,
+                          fallback: tuple[int, Path] | None = None) -> tuple[str, str | None]:
         """The confirmation's remaining looks (`checks.iter_confirmation`) while `version` is already on trial:
         people vote meanwhile instead of waiting a minute or more for up to 512 more images per version (live loop,
         table22: the checks took 70-114 s of a round's 3-4 minutes). The gate may reject it meanwhile but promotes
-        it only once the looks pass; a failing look rejects it (no step back to an earlier epoch: the trial's
-        votes were cast on these weights). Its (verdict, reason) when the looks end."""
+        it only once the looks pass; a failing look rejects it, and its earlier kept epoch (`fallback`) goes on as
+        a new version (`_step_back_on_trial`). Its (verdict, reason) when the looks end."""
         if self.rounds.running:  # a round's checks (a submitted LoRA's run in the caller's thread)
             self.rounds.set_state("checking while on trial")
-        change, reason = None, None
+        change, reason, broke = None, None, False
         try:
             for change in looks:
                 self._update_metrics(rid, fidelity_confirmed=change)
             reason = checks.confirm_reason(change)
         except Exception as e:  # its trial ended meanwhile (the version no longer renders), or the check broke
-            reason = f"{type(e).__name__}: {e}"
+            reason, broke = f"{type(e).__name__}: {e}", True
         finally:
             self._confirming = None
             self._update_metrics(rid, confirming=None)
-        if reason is not None:
+        if reason is None:
+            self.check_gate()  # the votes may have been waiting for this
+        else:
             reason = f"{reason} (while on trial)"
             with self._gate_lock:
-                if self.generator.candidate == version:  # ended by votes or an admin: their verdict stands
+                failed_here = self.generator.candidate == version  # else votes or an admin ended it: theirs stands
+                if failed_here:
                     self.reject(version, f"automatic check: {reason}")
-                    return "rejected", reason
-        else:
-            self.check_gate()  # the votes may have been waiting for this
+            if failed_here and fallback is not None and not broke:
+                return "rejected", f"{reason}; {self._step_back_on_trial(rid, reason, fallback)}"
+            if failed_here:
+                return "rejected", reason
         row = self.store.get_round(rid)
         return row.get("verdict"), row.get("verdict_reason")
+
+    def _step_back_on_trial(self, rid: int, reason: str, fallback: tuple[int, Path]) -> str:
+        """Round `rid` failed a confirmation look while on trial; its earlier kept epoch (`fallback`) is checked
+        and goes on trial as a new round of its own, so that no vote cast on the failed weights counts for it
+        (table23: 2 of 4 rounds that failed on trial had 15 and 28 A/B votes). It starts from the same version
+        with the same reward model; its own confirmation draws new prompts. What became of it, in words."""
+        epoch, earlier = fallback
+        row = self.store.get_round(rid)
+        m = row.get("metrics") or {}
+        lost = {"round": rid, "epoch": m.get("epoch_served"), "reason": reason}
+        new = self.store.create_round({**(row.get("config") or {}), "by": f"step back from round-{rid}",
+                                       "step_back_of": rid})
+        dst = self.settings.data_dir / "rounds" / str(new) / "lora"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        replace_lora(dst, earlier)
+        kept = {k: m[k] for k in ("reward_model", "guard_weight", "epochs", "fidelity_base") if k in m}
+        self.store.update_round(new, status="done", lora_path=str(dst), reward_model_version=row.get(
+            "reward_model_version"), metrics={**kept, "epoch_served": epoch, "stepped_back_from": lost})
+        said = f"its kept epoch {epoch} is checked again as round-{new}"
+        self._update_metrics(rid, stepped_back_to=f"round-{new}")
+        self.store.update_round(rid, verdict_reason=f"{row['verdict_reason']}; {said}")
+        verdict, why = self._consider(new, dst, None)
+        return f"{said}: {verdict}" + (f" ({why})" if why else "")
 
     def _update_metrics(self, rid: int, **values) -> None:
         """Set some of round `rid`'s metrics; a value None removes that one (others the round holds stay)."""

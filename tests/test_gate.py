@@ -505,6 +505,54 @@ def test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote(st
         again.close()
 
 
+def test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version(studio, tmp_path, monkeypatch):
+    """A round that loses prompt fidelity in a look taken while people vote is rejected, and its earlier kept
+    epoch goes on trial as a new round: the votes cast on the failed weights don't count for it."""
+    from safetensors.torch import load_file
+
+    from studio import checks
+
+    studio.settings.confirm_prompts = 16
+    monkeypatch.setattr(checks, "confirm_settled", lambda change: False)  # every look is taken
+    real, votes = checks.fidelity_change, {}
+
+    def look(base, candidate, prompts):
+        cand = studio.generator.candidate
+        if cand is not None and cand not in votes:  # on trial: people vote for it between two looks
+            votes[cand] = _vote_ab(studio, lambda ga, gb, c: "a" if ga == c else "b", 3, rater=f"{cand}-v")
+        return real(base, candidate, prompts)
+
+    monkeypatch.setattr(checks, "fidelity_change", look)
+    loud, gentle = _lora(tmp_path / "loud", 0.4), _lora(tmp_path / "gentle", 0.02)
+    rid, dst = _handed_over(studio, loud, epochs=8, served=6)
+    verdict, reason = studio.rounds.on_done(rid, dst, None, (3, gentle))  # what the round runner calls
+    new = f"round-{rid + 1}"
+    assert verdict == "rejected" and "prompt fidelity on 32 new images" in reason and "while on trial" in reason
+    assert f"its kept epoch 3 is checked again as {new}: candidate" in reason, reason
+    assert votes == {f"round-{rid}": 3, new: 3}  # both were on trial, one after the other
+    assert studio.generator.candidate == new and studio.generator.version == "base"
+    old = studio.store.get_round(rid)
+    assert old["verdict"] == "rejected" and old["metrics"]["stepped_back_to"] == new
+    assert f"checked again as {new}" in old["verdict_reason"]
+    row = studio.store.get_round(rid + 1)
+    assert row["verdict"] == "candidate" and row["config"]["step_back_of"] == rid
+    assert row["config"]["init_version"] == "base"  # from where the failed round started
+    assert row["metrics"]["epoch_served"] == 3 and row["metrics"]["stepped_back_from"]["round"] == rid
+    assert row["metrics"]["fidelity_confirmed"]["n"] == 32
+    want = load_file(gentle / "pytorch_lora_weights.safetensors")
+    got = load_file(Path(row["lora_path"]) / "pytorch_lora_weights.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # only the 3 votes cast on the new round's own weights count in its trial, not the 3 wins of the failed one
+    rec = gate.record(studio.store.comparisons(between=(new, "base"), same_seed=True), new, "base")
+    assert (rec.wins, rec.losses, rec.ties) == (3, 0, 0)
+    # a step back happens once: the new round has no earlier epoch to fall back to
+    studio.reject(new, "test")
+    rid, dst = _handed_over(studio, loud, epochs=8, served=6)
+    verdict, reason = studio.rounds.on_done(rid, dst, None, (3, _lora(tmp_path / "loud2", 0.4)))
+    assert verdict == "rejected" and f"checked again as round-{rid + 1}: rejected" in reason, reason
+    assert studio.generator.candidate is None and len(studio.store.rounds()) == rid + 1
+
+
 def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
     from studio.runtime import Studio
 
