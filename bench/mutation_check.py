@@ -108,9 +108,9 @@ MUTANTS = [
     Mutant("no_step_back_on_trial", "studio/runtime.py", "fallback if lost is None else None", "None",
            (STEP_BACK_ON_TRIAL,), "a round that fails a look on trial is dropped instead of stepping back"),
     Mutant("step_back_keeps_old_votes", "studio/runtime.py",
-           'new = self.store.create_round({**(row.get("config") or {}), "by": f"step back from round-{rid}",',
-           'new = rid; self.store.update_round(rid, verdict=None); (lambda *a: a)({**(row.get("config") or {}), '
-           '"by": f"step back from round-{rid}",', (STEP_BACK_ON_TRIAL,),
+           "new, dst = self._add_finished_round(",
+           'new, dst = rid, self.store.update_round(rid, verdict=None) and Path(row["lora_path"]); '
+           "replace_lora(dst, earlier); (lambda *a, **k: a)(", (STEP_BACK_ON_TRIAL,),
            "the earlier epoch goes on trial under the failed round's name, with the votes cast on the failed weights"),
 ]
 

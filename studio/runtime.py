@@ -333,11 +333,8 @@ class Studio:
         if self.generator.candidate:
             raise ValueError(f"{self.generator.candidate} is still on trial; promote or reject it first")
         served, init = self._start_adapter()  # the served version: no candidate is on trial here
-        rid = self.store.create_round({"by": by, "submitted": True, "init_version": served,
-                                       "init_lora": str(init) if init else None})
-        dst = self.settings.data_dir / "rounds" / str(rid) / "lora"
-        shutil.copytree(lora_dir, dst)
-        self.store.update_round(rid, status="done", lora_path=str(dst), metrics={})
+        rid, dst = self._add_finished_round({"by": by, "submitted": True, "init_version": served,
+                                             "init_lora": str(init) if init else None}, lora_dir, {})
         verdict, reason = self._consider(rid, dst, checks.reject_reason([], dst, {}))
         return f"round-{rid}", verdict, reason
 
@@ -414,9 +411,9 @@ class Studio:
                 failed_here = self.generator.candidate == version  # else votes or an admin ended it: theirs stands
                 if failed_here:
                     self.reject(version, f"automatic check: {reason}")
-            if failed_here and fallback is not None and not broke:
-                return "rejected", f"{reason}; {self._step_back_on_trial(rid, reason, fallback)}"
             if failed_here:
+                if fallback is not None and not broke:
+                    return "rejected", f"{reason}; {self._step_back_on_trial(rid, reason, fallback)}"
                 return "rejected", reason
         row = self.store.get_round(rid)
         return row.get("verdict"), row.get("verdict_reason")
@@ -430,19 +427,25 @@ class Studio:
         row = self.store.get_round(rid)
         m = row.get("metrics") or {}
         lost = {"round": rid, "epoch": m.get("epoch_served"), "reason": reason}
-        new = self.store.create_round({**(row.get("config") or {}), "by": f"step back from round-{rid}",
-                                       "step_back_of": rid})
-        dst = self.settings.data_dir / "rounds" / str(new) / "lora"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        replace_lora(dst, earlier)
         kept = {k: m[k] for k in ("reward_model", "guard_weight", "epochs", "fidelity_base") if k in m}
-        self.store.update_round(new, status="done", lora_path=str(dst), reward_model_version=row.get(
-            "reward_model_version"), metrics={**kept, "epoch_served": epoch, "stepped_back_from": lost})
+        new, dst = self._add_finished_round(
+            {**(row.get("config") or {}), "by": f"step back from round-{rid}", "step_back_of": rid}, earlier,
+            {**kept, "epoch_served": epoch, "stepped_back_from": lost},
+            reward_model_version=row.get("reward_model_version"))
         said = f"its kept epoch {epoch} is checked again as round-{new}"
         self._update_metrics(rid, stepped_back_to=f"round-{new}")
         self.store.update_round(rid, verdict_reason=f"{row['verdict_reason']}; {said}")
         verdict, why = self._consider(new, dst, None)
         return f"{said}: {verdict}" + (f" ({why})" if why else "")
+
+    def _add_finished_round(self, config: dict, lora: Path, metrics: dict, **fields) -> tuple[int, Path]:
+        """A round that trained elsewhere (a submitted LoRA, a step back's earlier epoch): stored as finished,
+        with a copy of `lora` as its LoRA, before its checks. Its id and LoRA directory."""
+        rid = self.store.create_round(config)
+        dst = self.settings.data_dir / "rounds" / str(rid) / "lora"
+        replace_lora(dst, lora)
+        self.store.update_round(rid, status="done", lora_path=str(dst), metrics=metrics, **fields)
+        return rid, dst
 
     def _update_metrics(self, rid: int, **values) -> None:
         """Set some of round `rid`'s metrics; a value None removes that one (others the round holds stay)."""
