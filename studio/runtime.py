@@ -441,7 +441,7 @@ class Studio:
     def _add_finished_round(self, config: dict, lora: Path, metrics: dict, **fields) -> tuple[int, Path]:
         """A round that trained elsewhere (a submitted LoRA, a step back's earlier epoch): stored as finished,
         with a copy of `lora` as its LoRA, before its checks. Its id and LoRA directory."""
-        rid = self.store.create_round(config)
+        rid = self.store.create_round({**config, "trained_elsewhere": True})  # a restart never trains it
         dst = self.settings.data_dir / "rounds" / str(rid) / "lora"
         replace_lora(dst, lora)
         self.store.update_round(rid, status="done", lora_path=str(dst), metrics=metrics, **fields)
@@ -579,7 +579,12 @@ class Studio:
 
     def _restore_candidate(self) -> None:
         for r in self.store.rounds():
-            if r["status"] == "done" and r.get("verdict") == "candidate" and (r.get("metrics") or {}).get("confirming"):
+            if r["status"] in ("pending", "running") and (r.get("config") or {}).get("trained_elsewhere"):
+                # stopped while `_add_finished_round` stored it: there is nothing to train, and its copy may be partial
+                shutil.rmtree(self.settings.data_dir / "rounds" / str(r["id"]), ignore_errors=True)
+                self.store.update_round(r["id"], status="failed", error="the studio stopped while storing this "
+                                        "version (trained elsewhere: nothing to resume); submit it again")
+            elif r["status"] == "done" and r.get("verdict") == "candidate" and (r.get("metrics") or {}).get("confirming"):
                 self.store.update_round(r["id"], verdict="rejected", verdict_reason="the studio stopped before its "
                                         "prompt fidelity confirmation finished")
             elif r["status"] == "done" and r.get("verdict") == "candidate" and Path(r["lora_path"] or "").exists():

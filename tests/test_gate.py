@@ -574,6 +574,36 @@ def test_a_restart_keeps_the_pending_candidate_and_settings(studio, tmp_path):
         again.close()
 
 
+def test_a_restart_after_a_crash_while_storing_a_submitted_lora_fails_it_and_trains_nothing(studio, tmp_path,
+                                                                                              monkeypatch):
+    """A LoRA trained elsewhere (a submission, a step back's earlier epoch) is stored as a finished round in three
+    steps; a crash between them leaves a pending round, which a restart must not train as an ordinary round."""
+    from studio import runtime
+    from studio.runtime import Studio
+
+    def power_cut(dst, src):
+        (Path(dst) / "partial.bin").parent.mkdir(parents=True, exist_ok=True)
+        (Path(dst) / "partial.bin").write_bytes(b"half a copy")
+        raise OSError("power cut")
+
+    monkeypatch.setattr(runtime, "replace_lora", power_cut)
+    with pytest.raises(OSError, match="power cut"):
+        studio.submit_candidate(_lora(tmp_path / "good", 0.05))
+    (row,) = studio.store.rounds()
+    assert row["status"] == "pending" and studio.generator.candidate is None
+    studio.close()
+    again = Studio(studio.settings, start_workers=False)
+    try:
+        row = again.store.get_round(row["id"])
+        assert row["status"] == "failed" and "stopped while storing" in row["error"]
+        assert not (again.settings.data_dir / "rounds" / str(row["id"])).exists()  # the partial copy is gone
+        again._resume_interrupted()  # what a start with workers does next
+        assert not again.rounds.running and again.store.get_round(row["id"])["status"] == "failed"
+        assert again.generator.candidate is None and again.generator.version == "base"
+    finally:
+        again.close()
+
+
 def test_the_served_lora_exports_for_diffusers_and_pushes_to_its_repos(studio, tmp_path):
     import zipfile
 
