@@ -6,7 +6,8 @@ Simulates A/B votes (win, loss or tie with fixed probabilities) through `studio.
 default `GateRule` (rejected once people are confident fewer than 1 vote in 5 sees a difference, inconclusive after
 32 decisive votes or 64 in all) and variants: the default with a smaller margin (0.10, 0.05: a noisy rater who
 flips a fifth of its answers shows a true q of 0.8 as 0.68), the same without the no-difference rejection (before), 32 votes in
-all (the default before that), 16 decisive or 64 in all, a rejection needing 4 decisive votes (not adopted), and the
+all (the default before that), 16 decisive or 64 in all, a rejection needing 4 decisive votes, a promotion needing 8
+decisive votes or P(better) >= 0.975 (these three not adopted), and the
 earliest rule, which counted a tie as half a win and half a loss in the posterior, with 24 votes at most.
 Prints, per tie rate and q (the candidate's share of the votes that see a difference), the share promoted
 and the mean votes a trial took. `--replay` feeds the A/B votes recorded in live-loop work directories to
@@ -55,6 +56,21 @@ def _reject_on_4(w: int, l: int, t: int, rule: gate.GateRule) -> str:
     return "wait" if d == "reject" and w + l < 4 and w + l + t < rule.max_votes else d
 
 
+@lru_cache(maxsize=None)
+def _promote_on_8(w: int, l: int, t: int, rule: gate.GateRule) -> str:
+    """The default, but a promotion needs at least 8 votes that saw a difference (the default promotes on 4
+    wins, 0 losses: table24's noisy_warm_colours round 4 was promoted on 4-0-8 and was no better than the base)."""
+    d = _studio(w, l, t, rule)
+    return "wait" if d == "promote" and w + l < 8 else d
+
+
+@lru_cache(maxsize=None)
+def _promote_at_975(w: int, l: int, t: int, rule: gate.GateRule) -> str:
+    """The default, but a promotion needs P(better) >= 0.975 (rejections keep the default's 0.95)."""
+    d = _studio(w, l, t, rule)
+    return "wait" if d == "promote" and gate.Record(w, l, t).p_above(0.5) < 0.975 else d
+
+
 def trial(probs: tuple[float, float], rule: gate.GateRule, decide, rng) -> tuple[str, int]:
     w = l = t = 0
     while True:
@@ -75,6 +91,8 @@ def simulate(sims: int) -> None:
              "sign test, 32 votes, rejection on >= 4 decisive": (gate.GateRule(max_decisive=32, max_votes=32,
                                                                                min_seen=0),
                                                                  _reject_on_4),
+             "the default, promotion on >= 8 decisive": (gate.GateRule(), _promote_on_8),
+             "the default, promotion at P(better) >= 0.975": (gate.GateRule(), _promote_at_975),
              "ties as halves, 24 votes (before)": (gate.GateRule(max_decisive=24, max_votes=24), _ties_half)}
     print("| ties | q | win rate | " + " | ".join(f"{k}: promoted, votes" for k in rules) + " |")
     print("|---|---|---|" + "---|" * len(rules))
