@@ -7,6 +7,7 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1 x0  # ... in x0 units (RLCMConfig.kl_units)
     python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
     python bench/round_probe.py RM_DIR rel 0.25 12 --switch 3:RM_25,6:RM_40  # reward model refitted mid-round
+    python bench/round_probe.py RM_DIR rel 0.25 12 --targets to_k,to_q,to_v,to_out.0,conv_out  # other LoRA modules
 
 RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
 round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch, no evaluation),
@@ -50,6 +51,13 @@ def main() -> None:
         i = sys.argv.index("--switch")
         switch = {int(e): d for e, d in (item.split(":", 1) for item in sys.argv[i + 1].split(","))}
         del sys.argv[i:i + 2]
+    targets = None
+    if "--targets" in sys.argv:  # the UNet modules the round's LoRA adapts (default: rlcm.lora.TARGETS)
+        i = sys.argv.index("--targets")
+        targets = sys.argv[i + 1].split(",")
+        del sys.argv[i:i + 2]
+        import rlcm.lora
+        rlcm.lora.TARGETS = targets  # read when the trainer adds its LoRA
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
@@ -58,6 +66,7 @@ def main() -> None:
     oracle = load_rater(os.environ.get("PROBE_ORACLE", "warm_colours"))
     rm = reward_model.load(rm_dir)
     tag = "_switch" + "-".join(f"{e}" for e in sorted(switch)) if switch else ""
+    tag += "_targets-" + "-".join(targets) if targets else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
     pairs = None
@@ -95,6 +104,7 @@ def main() -> None:
                           "fidelity_confirmed_points": round(confirmed["change_points"], 1),
                           "fidelity_confirmed_se": round(confirmed["se_points"], 1),
                           "switch": {e: Path(d).name for e, d in sorted(switch.items())},
+                          "lora_targets": targets or "default",
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)
