@@ -34,7 +34,6 @@ SAME_SEED = "tests/test_gate.py::test_only_same_seed_votes_count_in_a_trial"
 EARLIER = "tests/test_serving.py::test_earlier_version_pairs_never_show_the_candidate"
 ON_TRIAL = "tests/test_gate.py::test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote"
 STEP_BACK_ON_TRIAL = "tests/test_gate.py::test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version"
-PAIR_CHOICE = "tests/test_reward_model.py::test_pair_uncertainty_is_the_heads_disagreement_and_zero_for_identical_images"
 
 
 @dataclass(frozen=True)
@@ -113,9 +112,6 @@ MUTANTS = [
            'new, dst = rid, self.store.update_round(rid, verdict=None) and Path(row["lora_path"]); '
            "replace_lora(dst, earlier); (lambda *a, **k: a)(", (STEP_BACK_ON_TRIAL,),
            "the earlier epoch goes on trial under the failed round's name, with the votes cast on the failed weights"),
-    Mutant("pair_choice_near_half", "reward_model/model.py", "return cls.pair_probability(r_a, r_b)[1]",
-           "p, spread = cls.pair_probability(r_a, r_b); return 1 - (2 * p - 1).abs() + spread", (PAIR_CHOICE,),
-           "the queue shows the pair whose P(a over b) is nearest 1/2 (near-identical images, which people tie on)"),
 ]
 
 

@@ -113,17 +113,14 @@ class RewardModel(ModelHubMixin, library_name="rlcm-studio", tags=["reward-model
 
     @classmethod
     def pair_uncertainty_of(cls, r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
-        """From (K, N) rewards: u = std_k(p_k), how much the heads disagree on P(a over b), in [0, 0.5]. (N,)
-
-        Query by committee. Not "P(a over b) near 0.5": two near-identical images have p = 0.5 too, people tie
-        on them, and a tie says nothing about direction (big_centred's simulated stream: 23% of 60 labels
-        decided that way, 50% this way; bench/RESULTS.md, "Pair selection"). Identical images score 0."""
-        return cls.pair_probability(r_a, r_b)[1]
+        """From (K, N) rewards: u = 1 - |2p - 1| + std_k(p_k), in [0, 1.5]; high when unsure. (N,)"""
+        p, spread = cls.pair_probability(r_a, r_b)
+        return 1 - (2 * p - 1).abs() + spread
 
     def pair_uncertainty(self, store, cache: EmbeddingCache | None = None) -> Callable[[list[tuple[str, str]]], list[float]]:
-        """An `uncertainty` for `FeedbackStore.next_pair`: high when the heads disagree on P(a over b).
+        """An `uncertainty` for `FeedbackStore.next_pair`: high when P(a over b) is near 0.5 or the heads disagree.
 
-        u = std_k(p_k), in [0, 0.5] (`pair_uncertainty_of`); embeddings go through `cache` (default: the store's).
+        u = 1 - |2p - 1| + std_k(p_k), in [0, 1.5]; embeddings go through `cache` (default: the store's).
         Build it once per model and reuse it: the returned function keeps its cache warm.
         """
         cache = cache if cache is not None else EmbeddingCache(self.clip, store.data_dir, self.config.image_features)

@@ -130,7 +130,7 @@ class ServedGenerator:
 
 
 def most_uncertain_pair(rm, images: list, prompt: str) -> tuple[int, int]:
-    """Indices of the two images whose comparison the reward model's heads disagree on most
+    """Indices of the two images whose comparison the reward model is least sure about
     (`RewardModel.pair_uncertainty_of`, the score the store's pair selection uses too)."""
     import torch
 
@@ -149,7 +149,7 @@ class PairQueue:
                  trial_needs_votes=None):
         self.store, self.gen, self.prompts = store, generator, prompts
         # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
-        # the pair its heads disagree on most is shown (RewardModel.pair_uncertainty_of). A/B pairs
+        # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing). A/B pairs
         # draw `ab_draws` prompts and seeds, and show the one where the two versions differ most
         self.reward_model = reward_model or (lambda: None)
         self.candidates = max(2, candidates)

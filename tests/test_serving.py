@@ -57,8 +57,8 @@ def test_swaps_never_land_mid_generation(tmp_path):
 
 
 def test_queue_shows_the_pair_the_reward_model_is_least_sure_about(tmp_path, clip):  # noqa: F811
-    """With a fitted reward model, each queued pair is the one of its candidates its heads disagree on most
-    (checked against the heads' own scores of the images rendered again); without one, plain two-seed pairs."""
+    """With a fitted reward model, each queued pair is the most uncertain of its candidates (checked against
+    the model's own pair probabilities on the images that were stored); without one, plain two-seed pairs."""
     import torch
 
     import reward_model
@@ -95,8 +95,8 @@ def test_queue_shows_the_pair_the_reward_model_is_least_sure_about(tmp_path, cli
         u = {}
         for i in range(5):
             for j in range(i + 1, 5):
-                p = torch.sigmoid(r[:, i] - r[:, j])  # each head's P(i over j)
-                u[(seeds[i], seeds[j])] = float(p.std())  # the heads' disagreement
+                p, spread = rm.pair_probability(r[:, i:i + 1], r[:, j:j + 1])
+                u[(seeds[i], seeds[j])] = float(1 - (2 * p - 1).abs() + spread)
         shown = tuple(sorted((store.get_sample(pair[k])["seed"] for k in ("a", "b")), key=seeds.index))
         assert pair["prompt"] == prompt and u[shown] >= max(u.values()) - 1e-6, (shown, u)
     assert len({round(v, 6) for v in u.values()}) > 1  # the choice was not a tie among equals
