@@ -1,7 +1,8 @@
 """Reward-model learning curves under two ways of choosing the pair to show (a one-off simulation).
 
-    python bench/pair_selection.py big_centred half     # P(a over b) near 1/2 plus the heads' spread (before 6b989b9)
-    python bench/pair_selection.py big_centred spread   # the heads' disagreement (RewardModel.pair_uncertainty_of)
+    python bench/pair_selection.py big_centred half     # the studio's rule (RewardModel.pair_uncertainty_of: P(a over b)
+                                                        # near 1/2 plus the heads' spread)
+    python bench/pair_selection.py big_centred spread   # the heads' disagreement alone (tried in 6b989b9, reverted)
 
 A simulated rater labels a stream of 60 pairs of base toy samples: a random training prompt, 4 seeds, one pair of
 the 6 shown, chosen by the criterion from the current reward model (the studio's fit, default FitConfig, refitted
@@ -61,8 +62,8 @@ for t in range(60):
         a, b = 0, 1
     else:
         r = rm.head_scores_for(ims, [p] * 4)
-        pr, spread = rm.pair_probability(r[:, ii], r[:, jj])
-        score = {"half": 1 - (2 * pr - 1).abs() + spread, "spread": spread}[crit]
+        score = (rm.pair_uncertainty_of(r[:, ii], r[:, jj]) if crit == "half"
+                 else rm.pair_probability(r[:, ii], r[:, jj])[1])
         a, b = PAIRS[int(score.argmax())]
     ids = [store.add_sample(ims[a], p, seeds[a], 4, 8.0), store.add_sample(ims[b], p, seeds[b], 4, 8.0)]
     c = rater(ims[a], ims[b], p)
@@ -71,16 +72,16 @@ for t in range(60):
     n = t + 1
     if n % 10 == 0:
         try:
-            rm, m = reward_model.fit(store, clip, reward_model.FitConfig())
-        except Exception as e:
+            rm, _ = reward_model.fit(store, clip, reward_model.FitConfig())
+        except ValueError as e:  # too few decided pairs to fit
             print("fit failed", n, e, file=sys.stderr); continue
         if n in (20, 40, 60):
-            acc = np.mean([(float(rm.score([H[k][a]], [held[k]])) > float(rm.score([H[k][b]], [held[k]]))) == (y == "a")
-                           for k, a, b, y in hl])
+            s = [rm.score(H[k], [p2] * 4) for k, p2 in enumerate(held)]  # each held-out image scored once
+            acc = np.mean([(float(s[k][a]) > float(s[k][b])) == (y == "a") for k, a, b, y in hl])
             wins = []
             for k, p2 in enumerate(held):
-                s = rm.score(H[k], [p2] * 4); j = int(s.argmax())
-                v = rater(H[k][j], H[k][0], p2); wins.append(1.0 if v == "a" else 0.5 if v == "tie" else 0.0)
+                v = rater(H[k][int(s[k].argmax())], H[k][0], p2)
+                wins.append(1.0 if v == "a" else 0.5 if v == "tie" else 0.0)
             out.append({"labels": n, "decided": round(float(np.mean(decided)), 3), "acc": round(float(acc), 3),
                         "best4": round(float(np.mean(wins)), 3)})
 print(json.dumps({"rater": rater_name, "crit": crit, "heldout_decided": len(hl), "curve": out}))
