@@ -34,6 +34,7 @@ SAME_SEED = "tests/test_gate.py::test_only_same_seed_votes_count_in_a_trial"
 EARLIER = "tests/test_serving.py::test_earlier_version_pairs_never_show_the_candidate"
 ON_TRIAL = "tests/test_gate.py::test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote"
 STEP_BACK_ON_TRIAL = "tests/test_gate.py::test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version"
+PAIR_CHOICE = "tests/test_serving.py::test_queue_shows_the_pair_the_reward_model_is_least_sure_about"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ MUTANTS = [
            (SAME_SEED,), "the gate's trial counts candidate-vs-served votes on two seeds as A/B votes"),
     Mutant("earlier_pair_shows_candidate", "studio/serving.py", "not in (version, self.gen.candidate)]",
            "not in (version,)]", (EARLIER,), "an earlier-version pair may show the pending candidate's sample"),
+    Mutant("cold_pair_least_distinct", "studio/serving.py", "(f[ii] - f[jj]).norm(dim=1).argmax()",
+           "(f[ii] - f[jj]).norm(dim=1).argmin()", (PAIR_CHOICE,),
+           "before the first reward model the queue shows the two most alike images instead of the most distinct"),
     Mutant("trial_promotes_unconfirmed", "studio/runtime.py", 'if decision == "promote" and cand == self._confirming:',
            'if decision == "promote" and cand == self._confirming and False:', (ON_TRIAL,),
            "votes promote a candidate whose fidelity confirmation is still running"),

@@ -129,6 +129,20 @@ class ServedGenerator:
             self.candidate, self.checking = version, None
 
 
+def most_distinct_pair(images: list) -> tuple[int, int]:
+    """Indices of the two images farthest apart in the perceptual statistics (each standardised over these
+    images), blind to which is better. Before any reward model, a random pair of seeds is a tie for most
+    raters (65-70% in the live loop); the most distinct of 4 seeds' 6 pairs halves that (bench/RESULTS.md,
+    "Pair selection before the first reward model")."""
+    from reward_model.perceptual import perceptual_features
+
+    f = perceptual_features(images)
+    f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    ii, jj = torch.triu_indices(len(images), len(images), offset=1)
+    k = int((f[ii] - f[jj]).norm(dim=1).argmax())
+    return int(ii[k]), int(jj[k])
+
+
 def most_uncertain_pair(rm, images: list, prompt: str) -> tuple[int, int]:
     """Indices of the two images whose comparison the reward model is least sure about
     (`RewardModel.pair_uncertainty_of`, the score the store's pair selection uses too)."""
@@ -148,8 +162,9 @@ class PairQueue:
                  ab_fraction: float = 0.5, ab_draws: int = 4, keep_unrated: int | None = None,
                  trial_needs_votes=None):
         self.store, self.gen, self.prompts = store, generator, prompts
-        # `reward_model()` gives the current RewardModel or None; with one, `candidates` seeds are drawn and
-        # the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing). A/B pairs
+        # `candidates` seeds are drawn per pair; `reward_model()` gives the current RewardModel or None: with
+        # one, the pair it is least sure about is shown (P(a over b) near 0.5, or heads disagreeing), before
+        # it the two most distinct images. A/B pairs
         # draw `ab_draws` prompts and seeds, and show the one where the two versions differ most
         self.reward_model = reward_model or (lambda: None)
         self.candidates = max(2, candidates)
@@ -210,11 +225,11 @@ class PairQueue:
                 return pair
         prompt = self.rng.choice(self.prompts)
         rm = self.reward_model()
-        n = self.candidates if rm is not None and not quick else 2
+        n = 2 if quick else self.candidates
         seeds = [self.rng.randrange(2**31) for _ in range(n)]
         images, version = self.gen.generate([prompt] * n, seeds)
         if n > 2:
-            i, j = most_uncertain_pair(rm, images, prompt)
+            i, j = most_uncertain_pair(rm, images, prompt) if rm is not None else most_distinct_pair(images)
             images, seeds = [images[i], images[j]], [seeds[i], seeds[j]]
         steps, guidance = self.gen.settings.steps, self.gen.settings.guidance
         ids = [self.store.add_sample(im, prompt, s, steps, guidance, generator=version)

@@ -188,7 +188,7 @@ class StudioSettings:
     auto_round_first: int = 10
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
-    pair_candidates: int = 4  # seeds drawn per queued pair once a reward model exists (its least certain pair shown)
+    pair_candidates: int = 4  # seeds per queued pair; the reward model's least sure pair shown (before one: most distinct)
     # RLCM_AB_DRAWS: prompt-and-seed draws per A/B pair, the one where candidate and served differ most is shown
     # (fewer tied votes: 20-43% of decided trials' votes against 53-80% with 1; RESULTS, tables at 40e9e8c and
     # 88c5e11). Each draw renders both versions: 1 costs 2 images per A/B pair, 4 cost 8 (on SD-1.5 a GPU's seconds)

@@ -58,7 +58,7 @@ def test_swaps_never_land_mid_generation(tmp_path):
 
 def test_queue_shows_the_pair_the_reward_model_is_least_sure_about(tmp_path, clip):  # noqa: F811
     """With a fitted reward model, each queued pair is the most uncertain of its candidates (checked against
-    the model's own pair probabilities on the images that were stored); without one, plain two-seed pairs."""
+    the model's own pair probabilities on the images that were stored); without one, the most distinct pair."""
     import torch
 
     import reward_model
@@ -78,8 +78,21 @@ def test_queue_shows_the_pair_the_reward_model_is_least_sure_about(tmp_path, cli
     q = PairQueue(store, gen, ["a red circle", "a blue star"], size=2, seed=1,
                   reward_model=lambda: current["rm"], candidates=5)
     q.earlier_fraction = 0.0
+    # no reward model yet: of the 5 seeds, the two images farthest apart in the standardised perceptual statistics
+    from reward_model.perceptual import perceptual_features
+    state = q.rng.getstate()
     plain = q.make_pair()
     assert store.counts()["samples"] == 2 and plain["a"] != plain["b"]
+    replay = random.Random()
+    replay.setstate(state)
+    prompt = replay.choice(q.prompts)
+    seeds = [replay.randrange(2**31) for _ in range(5)]
+    f = perceptual_features(gen.generate([prompt] * 5, seeds)[0]).double().numpy()
+    z = (f - f.mean(0)) / (f.std(0, ddof=1) + 1e-6)
+    d = {(seeds[i], seeds[j]): float(((z[i] - z[j]) ** 2).sum()) for i in range(5) for j in range(i + 1, 5)}
+    shown = tuple(sorted((store.get_sample(plain[k])["seed"] for k in ("a", "b")), key=seeds.index))
+    assert plain["prompt"] == prompt and d[shown] >= max(d.values()) * (1 - 1e-4), (shown, d)
+    assert d[shown] > sorted(d.values())[-2] * 1.001  # a clear winner, not a near-tie the test can't tell
     current["rm"] = rm
     for _ in range(3):
         before = {s["id"] for s in store.samples()}
