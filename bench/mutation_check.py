@@ -35,6 +35,7 @@ EARLIER = "tests/test_serving.py::test_earlier_version_pairs_never_show_the_cand
 ON_TRIAL = "tests/test_gate.py::test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote"
 STEP_BACK_ON_TRIAL = "tests/test_gate.py::test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version"
 PAIR_CHOICE = "tests/test_serving.py::test_queue_shows_the_pair_the_reward_model_is_least_sure_about"
+KEEPER = "tests/test_gate.py::test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ MUTANTS = [
            "the gate's share of votes that see a difference counts the ties instead"),
     Mutant("trial_counts_cross_seed", "feedback/store.py", "where += \" AND sa.seed = sb.seed AND", "where += \" AND 1 AND",
            (SAME_SEED,), "the gate's trial counts candidate-vs-served votes on two seeds as A/B votes"),
+    Mutant("keeper_mean_only", "studio/rounds.py", "if checks.confirm_reason(change) is None:",
+           'if change["change_points"] >= -checks.KEEP_FIDELITY_DROP:', (KEEPER,),
+           "the round's keeper hands over an epoch by its mean fidelity change alone, ignoring its standard error"),
     Mutant("earlier_pair_shows_candidate", "studio/serving.py", "not in (version, self.gen.candidate)]",
            "not in (version,)]", (EARLIER,), "an earlier-version pair may show the pending candidate's sample"),
     Mutant("cold_pair_least_distinct", "studio/serving.py", "(f[ii] - f[jj]).norm(dim=1).argmax()",

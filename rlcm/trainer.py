@@ -241,18 +241,24 @@ class RLCMTrainer:
     def evaluate(self, base: bool = False) -> dict:
         """Mean reward (and toy fidelity) on held-out prompts with fixed seeds; of the base model (adapters
         disabled) with `base`."""
-        prompts = [p for _ in range(self.cfg.eval_seeds) for p in self.eval_prompt_list]
-        seeds = [10_000 + i for i in range(len(prompts))]
+        prompts, seeds = self.eval_set()
         self.unet.eval()
         with self.base_model() if base else contextlib.nullcontext():
             images = self.sample_images(prompts, seeds)
         rewards = self.reward_fn(images, prompts)
         res = {"eval_reward_mean": float(np.mean(rewards)), "eval_reward_std": float(np.std(rewards))}
         if self.cfg.prompt_set == "toy":
-            from .toy.checker import fidelity
+            from .toy.checker import check
 
-            res["eval_fidelity"] = fidelity(images, prompts)["score"]
+            # per image too: a paired comparison with the base on the same prompts and seeds has a standard error
+            scores = [round(check(im, p).score, 6) for im, p in zip(images, prompts)]
+            res.update(eval_fidelity=float(np.mean(scores)), eval_fidelity_images=scores)
         return res
+
+    def eval_set(self) -> tuple[list[str], list[int]]:
+        """The held-out prompts (each `eval_seeds` times) and fixed seeds of `evaluate`."""
+        prompts = [p for _ in range(self.cfg.eval_seeds) for p in self.eval_prompt_list]
+        return prompts, [10_000 + i for i in range(len(prompts))]
 
     # ------------------------------------------------------------ one epoch
 

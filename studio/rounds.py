@@ -340,22 +340,24 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
         num_steps=s.steps, guidance_scale=s.guidance, epochs=epochs,
         prompts_per_epoch=s.round_prompts, images_per_prompt=ROUND_IMAGES_PER_PROMPT,
         sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
-        # the keeper picks among evaluated epochs, and an evaluation costs about a fifth of an epoch (RESULTS,
-        # "Round batch size"): 6-8 of them (every epoch of 8, every other of 12)
-        eval_every=max(1, epochs // 6), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
+        # the keeper picks among evaluated epochs; an evaluation of 128 prompts costs most of an epoch (RESULTS,
+        # "Keeper: the round's own fidelity evaluation"): 4 of them (every other epoch of 8, every third of 12)
+        eval_every=max(1, epochs // 4), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
         init_lora=init_lora, device=device, checkpoint_every=2,
         mixed_precision="fp16" if device.startswith("cuda") else "no",
         kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr, lr_warmup_epochs=s.round_lr_warmup if init_lora else 0)
 
 
 class FidelityKeeper:
-    """Trainer callback: keeps the round's latest evaluated epoch whose toy prompt fidelity is within
-    checks.KEEP_FIDELITY_DROP points of the *base* model's on the same held-out prompts and seeds (the earlier
-    such epochs under `earlier_dir`), and sets `halt` once fidelity fell checks.MAX_FIDELITY_DROP below where
-    the round started. Measured against the
-    base, not the round's start, so promoted rounds cannot add their allowances up. A weak reward model is
-    exploited more with every epoch, so a round hands over its best safe epoch instead of being thrown away.
-    Without a fidelity score (real models) it keeps nothing and the last epoch is handed over."""
+    """Trainer callback: keeps the round's latest evaluated epoch whose toy prompt fidelity passes the studio's
+    confirmation rule on the round's own held-out images (`checks.confirm_reason`: at least one standard error
+    above checks.KEEP_FIDELITY_DROP points below the *base* model, paired on the same prompts and seeds; the
+    earlier such epochs under `earlier_dir`), and sets `halt` once fidelity fell checks.MAX_FIDELITY_DROP below
+    where the round started. Measured against the base, not the round's start, so promoted rounds cannot add
+    their allowances up. A weak reward model is exploited more with every epoch, so a round hands over its best
+    safe epoch instead of being thrown away. The rule is the confirmation's own: kept within 2 points by their
+    mean alone, on 32 images, 4 of 4 round 1s failed the confirmation (RESULTS, "Keeper: the round's own fidelity
+    evaluation"). Without a fidelity score (real models) it keeps nothing and the last epoch is handed over."""
 
     NOTE = "kept.json"
 
@@ -365,6 +367,7 @@ class FidelityKeeper:
         note = self.directory / self.NOTE  # a resumed round remembers what it kept
         self.kept = json.loads(note.read_text()) if note.is_file() else None
         self.base: float | None = None  # the base model's fidelity on the round's evaluation prompts
+        self.base_images: list[float] | None = None  # ... per image
         self.earlier_dir = self.directory.with_name(self.directory.name + "-earlier")  # epoch-<n>/: older kept epochs
 
     def fallback(self, before: int) -> tuple[int, Path] | None:
@@ -377,19 +380,24 @@ class FidelityKeeper:
     def __call__(self, e: dict) -> None:
         if e["type"] != "epoch" or "eval_fidelity" not in e:
             return
-        start = next((r["eval_fidelity"] for r in self.trainer.history if r["epoch"] == 0), None)
+        first = next((r for r in self.trainer.history if r["epoch"] == 0), None)
+        start = first["eval_fidelity"] if first is not None else None
         if self.base is None:  # a round from the base starts as the base (zero LoRA): its epoch 0 is the base's
             from_base = self.trainer.cfg.init_lora is None and start is not None
-            self.base = start if from_base else self.trainer.evaluate(base=True)["eval_fidelity"]
+            # (a round resumed from a checkpoint older than the per-image scores renders the base again)
+            base = first if from_base and "eval_fidelity_images" in first else self.trainer.evaluate(base=True)
+            self.base, self.base_images = base["eval_fidelity"], base["eval_fidelity_images"]
         if e["epoch"] == 0 or start is None:
             return
         f = e["eval_fidelity"]
-        if 100 * (self.base - f) <= checks.KEEP_FIDELITY_DROP:
+        change = checks.fidelity_change(self.base_images, e["eval_fidelity_images"], self.trainer.eval_set()[0])
+        if checks.confirm_reason(change) is None:
             tmp = self.directory.with_name(self.directory.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             self.trainer.save_lora(tmp)
             earlier = self.kept
-            self.kept = {"epoch": e["epoch"], "eval_fidelity": f, "base_fidelity": self.base}
+            self.kept = {"epoch": e["epoch"], "eval_fidelity": f, "base_fidelity": self.base,
+                         "change_points": change["change_points"], "se_points": change["se_points"]}
             (tmp / self.NOTE).write_text(json.dumps(self.kept))
             if earlier is not None and self.directory.is_dir():  # kept too: the studio may step back to it
                 self.earlier_dir.mkdir(exist_ok=True)

@@ -159,7 +159,7 @@ class StudioSettings:
     # 16 x 8 won 0.69 at +3.5 (8 x 12: 0.73 at -3.9). 40-label warm_colours: 16 x 8 won 0.64 at -3.7,
     # 8 x 12 0.61 at -2.4 (no gain there). RESULTS, "Round length"
     round_prompts: int = 16
-    round_eval_prompts: int = 32  # held-out prompts (1 seed) of a round's reward and fidelity evaluations
+    round_eval_prompts: int = 128  # held-out prompts (1 seed) of a round's evaluations; its keeper's error shrinks
     # toy prompt set: new held-out prompts (x2 seeds, drawn anew for each round) on which a finished round's
     # fidelity is confirmed against the base before it is promoted (studio.checks.confirm_reason); 0: off. It looks
     # at 128 images before any vote, then (on trial, while unsettled) at 256 and 512. 256 images (standard error
@@ -188,7 +188,7 @@ class StudioSettings:
     auto_round_first: int = 10
     queue_size: int = 6  # pre-generated pairs kept ready
     earlier_fraction: float = 0.25  # share of pairs that pit the current generator against an earlier one
-    pair_candidates: int = 4  # seeds per queued pair; the reward model's least sure pair shown (before one: most distinct)
+    pair_candidates: int = 4  # seeds per queued pair: the reward model's least sure pair, before one the most distinct
     # RLCM_AB_DRAWS: prompt-and-seed draws per A/B pair, the one where candidate and served differ most is shown
     # (fewer tied votes: 20-43% of decided trials' votes against 53-80% with 1; RESULTS, tables at 40e9e8c and
     # 88c5e11). Each draw renders both versions: 1 costs 2 images per A/B pair, 4 cost 8 (on SD-1.5 a GPU's seconds)

@@ -639,7 +639,7 @@ def test_the_served_lora_exports_for_diffusers_and_pushes_to_its_repos(studio, t
         studio.push("everything", "me/x", api=api)
 
 
-def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None):
+def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None, eval_prompts: int = 8):
     """A toy round on a reward that pays for darkness, with a FidelityKeeper evaluating every epoch:
     (trainer, keeper, {epoch: the LoRA's peft state after it}, loaded safetensors files in diffusers form)."""
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -650,7 +650,7 @@ def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None):
     from studio.rounds import FidelityKeeper
 
     cfg = RLCMConfig(model=str(MODELS / "toy-lcm"), prompt_set="toy", epochs=epochs, prompts_per_epoch=2,
-                     images_per_prompt=4, sample_batch_size=8, train_batch_size=8, eval_every=1, eval_prompts=8,
+                     images_per_prompt=4, sample_batch_size=8, train_batch_size=8, eval_every=1, eval_prompts=eval_prompts,
                      lr=lr, output_dir=str(tmp_path / "round"), checkpoint_every=100, seed=3, init_lora=init_lora)
     dark = lambda images, prompts: -np.array([np.asarray(im, np.float32).mean() for im in images])  # noqa: E731
     trainer = RLCMTrainer(cfg, reward_fn=dark)
@@ -666,18 +666,29 @@ def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None):
 
 def test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity(tmp_path):
     """A reward that pays for darkness wrecks the toy's prompt fidelity within a few epochs at this step size:
-    the keeper holds the LoRA of the latest evaluated epoch within KEEP_FIDELITY_DROP points of the base model
-    (measured with the adapters off), and halts the round once fidelity fell past MAX_FIDELITY_DROP."""
+    the keeper holds the LoRA of the latest evaluated epoch whose fidelity, paired image by image with the base
+    model's (measured with the adapters off), is a standard error or more above KEEP_FIDELITY_DROP points below
+    it, and halts the round once fidelity fell past MAX_FIDELITY_DROP."""
     from studio import checks
 
-    trainer, keeper, states, load = _dark_round(tmp_path, epochs=8, lr=0.01)
-    fid = {r["epoch"]: 100 * r["eval_fidelity"] for r in trainer.history if "eval_fidelity" in r}
+    trainer, keeper, states, load = _dark_round(tmp_path, epochs=8, lr=0.005, eval_prompts=32)
+    ev = {r["epoch"]: r for r in trainer.history if "eval_fidelity" in r}
+    fid = {e: 100 * r["eval_fidelity"] for e, r in ev.items()}
     # the LoRA starts at zero, so the keeper takes the base's fidelity from epoch 0: the same as with adapters off
-    assert keeper.base == trainer.evaluate(base=True)["eval_fidelity"] == fid[0] / 100
+    base = trainer.evaluate(base=True)
+    assert keeper.base == base["eval_fidelity"] == pytest.approx(fid[0] / 100, abs=1e-12)
+    assert keeper.base_images == base["eval_fidelity_images"] and len(base["eval_fidelity_images"]) == 32
+
+    def margin(e):  # points above the line -KEEP_FIDELITY_DROP + 1 standard error (one seed: images independent)
+        d = 100 * (np.array(ev[e]["eval_fidelity_images"]) - np.array(base["eval_fidelity_images"]))
+        return d.mean() + checks.KEEP_FIDELITY_DROP - d.std(ddof=1) / np.sqrt(len(d))
+
     drops = {e: 100 * keeper.base - f for e, f in fid.items() if e > 0}
     assert max(drops.values()) > checks.KEEP_FIDELITY_DROP, fid  # fidelity did fall: the keeper had work to do
-    safe = [e for e, d in drops.items() if d <= checks.KEEP_FIDELITY_DROP]
-    assert safe and keeper.kept["epoch"] == max(safe) < trainer.epoch, fid
+    safe = [e for e in drops if margin(e) >= 0]
+    # the rule is not the mean's alone: some epoch within KEEP_FIDELITY_DROP points is still refused
+    assert any(d <= checks.KEEP_FIDELITY_DROP and margin(e) < 0 for e, d in drops.items()), (fid, safe)
+    assert safe and keeper.kept["epoch"] == max(safe) < trainer.epoch, (fid, safe)
     kept, want = load(tmp_path / "kept"), states[keeper.kept["epoch"]]
     assert kept.keys() == want.keys() and all(torch.equal(kept[k], want[k].float()) for k in kept)
     if max(drops.values()) > checks.MAX_FIDELITY_DROP:  # halted: no epoch ran past the collapse

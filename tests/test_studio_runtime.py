@@ -283,7 +283,7 @@ def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     s = StudioSettings(data_dir=tmp_path, round_epochs=8, round_epochs_base_factor=1.5)
     base, chained = round_config(s, tmp_path / "r1", 1, None), round_config(s, tmp_path / "r2", 2, "adapter")
     assert (base.epochs, chained.epochs) == (12, 8)
-    assert (base.eval_every, chained.eval_every) == (2, 1)  # 6-8 evaluated epochs for the keeper to choose among
+    assert (base.eval_every, chained.eval_every) == (3, 2)  # 4 evaluated epochs (of 128 prompts) for the keeper
     with pytest.raises(ValueError, match="round_epochs_base_factor"):
         StudioSettings(data_dir=tmp_path, round_epochs_base_factor=0).validate()
     with pytest.raises(ValueError, match="round_lr_warmup"):
