@@ -355,9 +355,9 @@ class FidelityKeeper:
     earlier such epochs under `earlier_dir`), and sets `halt` once fidelity fell checks.MAX_FIDELITY_DROP below
     where the round started. Measured against the base, not the round's start, so promoted rounds cannot add
     their allowances up. A weak reward model is exploited more with every epoch, so a round hands over its best
-    safe epoch instead of being thrown away. The rule is the confirmation's own: kept within 2 points by the
-    mean alone, on 32 images, the round 1s of 5 live-loop runs all failed the confirmation (RESULTS, "Keeper:
-    the round's own fidelity evaluation"). Without a fidelity score (real models) it keeps nothing and the last
+    safe epoch instead of being thrown away. The rule is the confirmation's own: when the keeper judged by the
+    mean alone (within 2 points, on 32 images), the round 1s of 5 live-loop runs all failed the confirmation
+    (RESULTS, "Keeper: the round's own fidelity evaluation"). Without a fidelity score (real models) it keeps nothing and the last
     epoch is handed over."""
 
     NOTE = "kept.json"
