@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import reward_model  # noqa: E402
 from feedback.raters import load_rater  # noqa: E402
 from live_loop import oracle_wins  # noqa: E402 (beside this script)
+from round_probe import guard_pairs  # noqa: E402 (beside this script)
 from rlcm.prompts import get_prompts  # noqa: E402
 from rlcm.rewards import with_alignment_guard  # noqa: E402
 from rlcm.trainer import RLCMTrainer  # noqa: E402
@@ -58,12 +59,8 @@ if args.epochs:
     cfg.epochs = args.epochs
 cfg.eval_every, cfg.checkpoint_every = 0, 10**6  # measured here instead
 
-# the guard's weight, scaled on base samples (8 prompts x 4 pairs; the studio scales on the last rated pairs)
-gp = [p for p in get_prompts("toy", "train", 8, seed=0)[:8] for _ in range(8)]
-gi = gen.generate(gp, list(range(len(gp))), version=BASE)[0]
 score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
-scorer = with_alignment_guard(score, rm.clip, settings.alignment_guard,
-                              pairs=[(gi[i], gi[i + 1], gp[i]) for i in range(0, len(gi), 2)])
+scorer = with_alignment_guard(score, rm.clip, settings.alignment_guard, pairs=guard_pairs(gen))
 
 sets = {}
 for k, n in enumerate(int(x) for x in args.sets.split(",")):  # like the trainer's: n held-out prompts, 1 seed

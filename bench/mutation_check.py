@@ -36,6 +36,8 @@ ON_TRIAL = "tests/test_gate.py::test_a_confirmation_unsettled_by_its_first_look_
 STEP_BACK_ON_TRIAL = "tests/test_gate.py::test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version"
 PAIR_CHOICE = "tests/test_serving.py::test_queue_shows_the_pair_the_reward_model_is_least_sure_about"
 KEEPER = "tests/test_gate.py::test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity"
+CUE_COLUMNS = "tests/test_reward_model.py::test_cue_columns_are_the_named_statistics"
+CUE_PRIORS = "tests/test_reward_model.py::test_the_fit_offers_the_cue_priors"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ MUTANTS = [
     Mutant("linear_bt_sum_for_mean", "reward_model/linear.py",
            "share = share / share.sum(1, keepdim=True).clamp_min(1e-9)", "share = share", (MATH,),
            "linear heads minimise the summed BT loss, not the mean (the L2 penalty is outweighed)"),
+    Mutant("cue_columns_shifted", "reward_model/embeddings.py", "[start + PERCEPTUAL_NAMES.index(n) for n in names]",
+           "[start + PERCEPTUAL_NAMES.index(n) + 1 for n in names]", (CUE_COLUMNS,),
+           "a cue prior weighs the statistics next to the ones it names"),
+    Mutant("cue_priors_dropped", "reward_model/fit.py", "sets += [(c,) for c in cues] if self.cues else []",
+           "sets += []", (CUE_PRIORS,), "the fit never offers the cue priors"),
     Mutant("confirm_early_sign", "studio/checks.py", 'abs(change["change_points"] + KEEP_FIDELITY_DROP)',
            'abs(change["change_points"] - KEEP_FIDELITY_DROP)', (CONFIRM,),
            "the confirmation's first look measures its distance from +2 points instead of -2"),

@@ -40,6 +40,14 @@ from studio.serving import BASE, ServedGenerator  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
 
 
+def guard_pairs(gen: ServedGenerator) -> list:
+    """Base samples to scale a relative alignment guard on: 8 training prompts x 4 pairs (the studio scales it on
+    the last rated pairs, which a probe has none of)."""
+    prompts = [p for p in get_prompts("toy", "train", 8, seed=0)[:8] for _ in range(8)]
+    imgs = gen.generate(prompts, list(range(len(prompts))), version=BASE)[0]
+    return [(imgs[i], imgs[i + 1], prompts[i]) for i in range(0, len(imgs), 2)]
+
+
 def main() -> None:
     at = []
     if "--at" in sys.argv:  # epochs before the last at which the round is measured too (one JSON line each)
@@ -69,11 +77,7 @@ def main() -> None:
     tag += "_targets-" + "-".join(targets) if targets else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
-    pairs = None
-    if mode == "rel":  # scaled on base samples, 8 prompts x 4 pairs (the studio scales on rated pairs)
-        prompts = [p for p in get_prompts("toy", "train", 8, seed=0)[:8] for _ in range(8)]
-        imgs = gen.generate(prompts, list(range(len(prompts))), version=BASE)[0]
-        pairs = [(imgs[i], imgs[i + 1], prompts[i]) for i in range(0, len(imgs), 2)]
+    pairs = guard_pairs(gen) if mode == "rel" else None
 
     def guarded(rm):
         score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731

@@ -21,8 +21,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .perceptual import CUES as PERCEPTUAL_CUES
 from .perceptual import DIM as PERCEPTUAL_DIM
 from .perceptual import GROUPS as PERCEPTUAL_GROUPS
+from .perceptual import NAMES as PERCEPTUAL_NAMES
 from .perceptual import VERSION as PERCEPTUAL_VERSION
 from .perceptual import perceptual_features
 
@@ -54,6 +56,16 @@ def feature_groups(kind: str, image_dim: int, embed_dim: int) -> dict[str, slice
     if max(s.stop for s in groups.values()) != image_dim:
         raise ValueError(f"{image_dim} image columns do not fit the layout of {kind!r} features")
     return groups
+
+
+def feature_cues(kind: str, image_dim: int, embed_dim: int) -> dict[str, list[int]]:
+    """The columns of each perceptual cue (perceptual.CUES) in (N, image_dim) features of `kind`; none without
+    perceptual statistics."""
+    groups = feature_groups(kind, image_dim, embed_dim)
+    if "colour" not in groups:
+        return {}
+    start = groups["colour"].start  # the perceptual block's first column
+    return {cue: [start + PERCEPTUAL_NAMES.index(n) for n in names] for cue, names in PERCEPTUAL_CUES.items()}
 
 
 @torch.no_grad()

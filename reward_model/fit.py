@@ -23,7 +23,7 @@ import torch
 from feedback.images import png_bytes, sha256
 from feedback.pairs import LABEL, pair_key
 
-from .embeddings import EmbeddingCache, check_image_features, clip_fingerprint, feature_groups
+from .embeddings import EmbeddingCache, check_image_features, clip_fingerprint, feature_cues, feature_groups
 from .head import EnsembleHead, bt_loss, features
 from .linear import SCALES, Prior, folds_by_group, train_linear
 from .metrics import accuracy_summary
@@ -44,6 +44,9 @@ class FitConfig:
     l2: tuple[float, ...] = (0.01, 0.1, 1.0)  # penalties on the squared scaled weights
     single_groups: bool = True
     prompt_interaction: bool = True
+    # also each perceptual cue alone (perceptual.CUES: the mean shade, the subject's size and place, the
+    # background): a few columns that a handful of decided pairs can pin down
+    cues: bool = True
     cv_folds: int = 5  # folds by prompt for scoring the priors
     # with linear heads, also report accuracy cross-validated by prompt over every pair (each pair judged by a
     # head fitted without its prompt): n is all decided pairs, so the interval is tight enough to gate rounds
@@ -76,9 +79,11 @@ class FitConfig:
             raise ValueError("test_fraction must be in [0, 1) and val_fraction in (0, 1)")
         check_image_features(self.image_features)
 
-    def priors(self, image_groups: list[str]) -> list[Prior]:
-        """The candidate priors of linear heads over image column groups named `image_groups`."""
+    def priors(self, image_groups: list[str], cues: list[str] = ()) -> list[Prior]:
+        """The candidate priors of linear heads over image column groups named `image_groups` (and column sets
+        named `cues`, each alone when `self.cues`)."""
         sets = [(g,) for g in image_groups] if self.single_groups and len(image_groups) > 1 else []
+        sets += [(c,) for c in cues] if self.cues else []
         sets.append(tuple(image_groups))
         if self.prompt_interaction:
             sets.append((*image_groups, "interaction"))
@@ -220,8 +225,10 @@ def train_linear_head(data: PairData, train: list[int], cfg: FitConfig) -> tuple
                for name, s in feature_groups(cfg.image_features, i, d).items()}
     image_groups = list(columns)
     columns["interaction"] = col >= i + d
+    cues = feature_cues(cfg.image_features, i, d)
+    columns.update({c: torch.isin(col, torch.tensor(idx)) for c, idx in cues.items()})
     groups = [data.item_prompts[int(j)] for j in a] if data.item_prompts else [str(int(j)) for j in a]
-    w, table = train_linear(feats, a, b, data.y[train], groups, columns, cfg.priors(image_groups),
+    w, table = train_linear(feats, a, b, data.y[train], groups, columns, cfg.priors(image_groups, list(cues)),
                             bootstrap_counts(len(train), cfg), cfg.cv_folds, cfg.seed)
     table = sorted((t for t in table if t["weight"] >= 0.01), key=lambda t: -t["weight"])  # the ones that count
     used = torch.unique(torch.cat([a, b]))

@@ -58,6 +58,19 @@ for _i, _name in enumerate(NAMES):
 assert sum(s.stop - s.start for s in GROUPS.values()) == DIM  # contiguous blocks
 
 
+# narrower column sets than the groups, one cue each that a person may judge by: with a handful of decided pairs
+# a prior on 6-8 columns finds the direction that one on a whole group (20-50 columns) cannot (RESULTS,
+# "Reward model: cue priors from the first labels"). They overlap the groups and are priors only.
+CUES: dict[str, tuple[str, ...]] = {
+    "shade": ("lab_mean_L", "lab_mean_a", "lab_mean_b", "opponent_rg_mean", "opponent_yb_mean", "chroma_mean"),
+    "subject_place": ("saliency_mean", *(f"subject_fraction_{t:g}" for t in FG_THRESHOLDS), "subject_offcentre",
+                      "subject_spread", "subject_central_fraction", "centre_border_contrast"),
+    "background": ("background_L", "background_a", "background_b", "grad_energy_ring", "local_std_ring",
+                   "ring_lab_std"),
+}
+assert all(n in NAMES for cue in CUES.values() for n in cue)
+
+
 def _lab(rgb: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) sRGB in [0, 1] -> CIELAB (D65), L in [0, 100]."""
     lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
