@@ -10,8 +10,8 @@ import numpy as np
 FLAT_STD = 2.0  # an image whose pixels vary less than this (of 255) shows nothing
 SAME_MAX_DIFF = 1.0  # images within this (of 255, per pixel) of their start version show no change
 MAX_FIDELITY_DROP = 10.0  # points of toy prompt fidelity a round may lose before it counts as a collapse
-# a round hands over its latest evaluated epoch within this many points of the base model's fidelity (the same
-# held-out prompts and seeds), and stops once fidelity fell MAX_FIDELITY_DROP below its start
+# a round hands over its latest saved epoch within this many points of the base model's fidelity (the same
+# held-out prompts and seeds; studio.rounds.FidelityKeeper)
 KEEP_FIDELITY_DROP = 2.0
 # Before a vote, a finished round's toy prompt fidelity is measured again on new held-out prompts (x2 seeds, the
 # same seeds for base and candidate): the keeper chose its epoch on the round's own 128 images, so that figure is

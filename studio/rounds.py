@@ -9,6 +9,7 @@ changes nothing that is served. Whether a candidate is served is decided by peop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -67,7 +68,7 @@ class RoundRunner:
         self.settings, self.store = settings, store
         # callback(round_id, lora_dir, reason, fallback) once a round has trained: reason says why it fails the
         # automatic checks on its numbers (None: it goes on to the image checks and the vote); fallback is an
-        # earlier kept (epoch, lora_dir) to step back to if the handed-over one loses fidelity on new prompts
+        # earlier saved (epoch, lora_dir) to step back to if the handed-over one loses fidelity on new prompts
         self.on_done = on_done
         # () -> (served version, its adapter.safetensors or None for base): rounds build on what is served
         self.start_adapter = start_adapter
@@ -221,11 +222,13 @@ class RoundRunner:
             cfg = resume_config(round_config(s, out, rid, init if init and Path(init).exists() else None))
             self._set(epochs=cfg.epochs)
             trainer = RLCMTrainer(cfg, reward_fn=self._scorer(rm), callbacks=[self._on_event])
-            keeper = FidelityKeeper(trainer, out / "lora-kept")
+            keeper = FidelityKeeper(trainer, out / "lora-kept", keep_every(cfg.epochs))
             refits: list[dict] = []  # the round's refits: {"epoch", "labels", "version", "used", model metrics}
             fitted_at = self.reward_model_labels
             trainer.callbacks += [keeper, lambda e: self._maybe_refit(e, trainer, rid, fitted_at, refits)]
-            trainer.train(stop=_Either(self.cancel_event, keeper.halt))
+            trainer.train(stop=self.cancel_event)
+            if not self.cancel_event.is_set():
+                keeper.select()
             if self.cancel_event.is_set():
                 self.store.update_round(rid, status="cancelled")
                 self._finish(rid, state="cancelled")
@@ -237,9 +240,7 @@ class RoundRunner:
                 replace_lora(out / "lora", out / "lora-kept")
             before, after = (ev[0]["eval_reward_mean"] if ev else None), handed.get("eval_reward_mean")
             swaps = [r for r in refits if r["used"]]
-            if swaps:  # held-out rewards are comparable only under one model: the last one's
-                before = trainer.evaluate(base=True)["eval_reward_mean"]
-                after = after if handed.get("epoch", 0) > swaps[-1]["epoch"] else None
+            if swaps:  # the keeper's evaluations, all after training, used the last reward model
                 rm_metrics = {k: swaps[-1].get(k) for k in RM_KEYS}
             result = {"reward_model": rm_metrics, "guard_weight": getattr(trainer.reward_fn, "guard_weight", 0.0),
                       "epochs": trainer.epoch, "epoch_served": handed.get("epoch", trainer.epoch),
@@ -254,7 +255,7 @@ class RoundRunner:
             self._set(state="checking", result=result)
             reason = checks.reject_reason(trainer.history, out / "lora", result)
             verdict, reason = self.on_done(rid, out / "lora", reason, keeper.fallback(result["epoch_served"]))
-            shutil.rmtree(keeper.earlier_dir, ignore_errors=True)  # disk: one LoRA per round stays
+            keeper.clean()
             self._finish(rid, state="done", verdict=verdict, verdict_reason=reason)
         except Exception as e:  # the round fails; the served model and the database stay as they were
             self.store.update_round(rid, status="failed", error=f"{type(e).__name__}: {e}")
@@ -340,85 +341,159 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
         num_steps=s.steps, guidance_scale=s.guidance, epochs=epochs,
         prompts_per_epoch=s.round_prompts, images_per_prompt=ROUND_IMAGES_PER_PROMPT,
         sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
-        # the keeper picks among evaluated epochs; an evaluation of 128 prompts costs most of an epoch (RESULTS,
-        # "Keeper: the round's own fidelity evaluation"): 4 of them (every other epoch of 8, every third of 12)
-        eval_every=max(1, epochs // 4), eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
+        # no evaluation while training: the keeper evaluates its saved epochs after it, from the last back
+        eval_every=0, eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
         init_lora=init_lora, device=device, checkpoint_every=2,
         mixed_precision="fp16" if device.startswith("cuda") else "no",
         kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr, lr_warmup_epochs=s.round_lr_warmup if init_lora else 0)
 
 
+def keep_every(epochs: int) -> int:
+    """Epochs between the LoRAs a round's keeper saves (its candidates: 4 of them, the last epoch one)."""
+    return max(1, epochs // 4)
+
+
 class FidelityKeeper:
-    """Trainer callback: keeps the round's latest evaluated epoch whose toy prompt fidelity passes the studio's
-    confirmation rule on the round's own held-out images (`checks.confirm_reason`: at least one standard error
-    above checks.KEEP_FIDELITY_DROP points below the *base* model, paired on the same prompts and seeds; the
-    earlier such epochs under `earlier_dir`), and sets `halt` once fidelity fell checks.MAX_FIDELITY_DROP below
-    where the round started. Measured against the base, not the round's start, so promoted rounds cannot add
-    their allowances up. A weak reward model is exploited more with every epoch, so a round hands over its best
-    safe epoch instead of being thrown away. The rule is the confirmation's own: when the keeper judged by the
-    mean alone (within 2 points, on 32 images), the round 1s of 5 live-loop runs all failed the confirmation
-    (RESULTS, "Keeper: the round's own fidelity evaluation"). Without a fidelity score (real models) it keeps nothing and the last
+    """Picks the epoch a round hands over: the latest of its candidate epochs (every `every`-th and the last)
+    whose toy prompt fidelity passes the studio's confirmation rule on the round's own held-out images
+    (`checks.confirm_reason`: at least one standard error above checks.KEEP_FIDELITY_DROP points below the
+    *base* model, paired on the same prompts and seeds). A weak reward model is exploited more with every epoch,
+    so a round hands over its best safe epoch instead of being thrown away. The rule is the confirmation's own:
+    when the keeper judged by the mean alone (within 2 points, on 32 images), the round 1s of 5 live-loop runs all
+    failed the confirmation (RESULTS, "Keeper: the round's own fidelity evaluation").
+
+    As a trainer callback it only saves each candidate's LoRA (peft state, under `snapshots`). `select()`, after
+    training, evaluates the start, the base and then the candidates from the last back, and stops at the first
+    that passes: the epoch an evaluation after every candidate would pick, for 2 evaluations of 128 prompts
+    instead of 5 when the last epoch passes (each about an epoch's time on 2 CPU cores). Each evaluation is
+    written into the trainer's history row of its epoch (epoch 0: the start). Without a fidelity score (real
+    models) it evaluates the start and the last epoch (the reward before and after) and keeps nothing: the last
     epoch is handed over."""
 
     NOTE = "kept.json"
 
-    def __init__(self, trainer, directory: Path):
-        self.trainer, self.directory = trainer, Path(directory)
-        self.halt = threading.Event()
+    def __init__(self, trainer, directory: Path, every: int):
+        self.trainer, self.directory, self.every = trainer, Path(directory), every
         note = self.directory / self.NOTE  # a resumed round remembers what it kept
         self.kept = json.loads(note.read_text()) if note.is_file() else None
         self.base: float | None = None  # the base model's fidelity on the round's evaluation prompts
         self.base_images: list[float] | None = None  # ... per image
-        self.earlier_dir = self.directory.with_name(self.directory.name + "-earlier")  # epoch-<n>/: older kept epochs
-
-    def fallback(self, before: int) -> tuple[int, Path] | None:
-        """The kept epoch nearest half of `before` (among those before it) and its LoRA: where the studio steps
-        back to when the handed-over epoch fails the fidelity confirmation on new prompts."""
-        kept = sorted((int(d.name.removeprefix("epoch-")), d) for d in self.earlier_dir.glob("epoch-*")
-                      if d.is_dir() and int(d.name.removeprefix("epoch-")) < before)
-        return min(kept, key=lambda item: (abs(item[0] - before / 2), -item[0])) if kept else None
+        self.snapshots = self.directory.with_name(self.directory.name + "-epochs")  # epoch-<n>/adapter.safetensors
+        self.earlier_dir = self.directory.with_name(self.directory.name + "-earlier")  # epoch-<n>/: a step back
 
     def __call__(self, e: dict) -> None:
-        if e["type"] != "epoch" or "eval_fidelity" not in e:
+        if e["type"] != "epoch" or e["epoch"] == 0:
             return
-        first = next((r for r in self.trainer.history if r["epoch"] == 0), None)
-        start = first["eval_fidelity"] if first is not None else None
-        if self.base is None:  # a round from the base starts as the base (zero LoRA): its epoch 0 is the base's
-            from_base = self.trainer.cfg.init_lora is None and start is not None
-            # (a round resumed from a checkpoint older than the per-image scores renders the base again)
-            base = first if from_base and "eval_fidelity_images" in first else self.trainer.evaluate(base=True)
-            self.base, self.base_images = base["eval_fidelity"], base["eval_fidelity_images"]
-        if e["epoch"] == 0 or start is None:
-            return
-        f = e["eval_fidelity"]
-        change = checks.fidelity_change(self.base_images, e["eval_fidelity_images"], self.trainer.eval_set()[0])
-        if checks.confirm_reason(change) is None:
-            tmp = self.directory.with_name(self.directory.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.trainer.save_lora(tmp)
-            earlier = self.kept
-            self.kept = {"epoch": e["epoch"], "eval_fidelity": f, "base_fidelity": self.base,
-                         "change_points": change["change_points"], "se_points": change["se_points"]}
-            (tmp / self.NOTE).write_text(json.dumps(self.kept))
-            if earlier is not None and self.directory.is_dir():  # kept too: the studio may step back to it
-                self.earlier_dir.mkdir(exist_ok=True)
-                shutil.rmtree(self.earlier_dir / f"epoch-{earlier['epoch']}", ignore_errors=True)
-                os.replace(self.directory, self.earlier_dir / f"epoch-{earlier['epoch']}")
-            else:
+        if e["epoch"] % self.every == 0 or e["epoch"] == self.trainer.cfg.epochs:
+            self._save_state(self.snapshots / f"epoch-{e['epoch']}")
+
+    def _unet(self):
+        return self.trainer.accelerator.unwrap_model(self.trainer.unet)
+
+    def _save_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        from rlcm.lora import lora_state
+
+        tmp = directory.with_name(directory.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in lora_state(self._unet()).items()},
+                  tmp / "adapter.safetensors")
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+
+    def _load_state(self, adapter: Path) -> None:
+        from safetensors.torch import load_file
+
+        from rlcm.lora import load_lora_into
+
+        load_lora_into(self._unet(), load_file(adapter))
+
+    @contextlib.contextmanager
+    def _trained_weights_back(self):
+        """The trainer's LoRA as training left it, put back after the block (which loads other epochs')."""
+        from rlcm.lora import load_lora_into, lora_state
+
+        final = {k: v.detach().clone() for k, v in lora_state(self._unet()).items()}
+        try:
+            yield
+        finally:
+            load_lora_into(self._unet(), final)
+
+    def _epochs(self) -> list[int]:
+        """Candidate epochs with a saved LoRA, latest first."""
+        found = [int(d.name.removeprefix("epoch-")) for d in self.snapshots.glob("epoch-*")
+                 if (d / "adapter.safetensors").is_file()]
+        return sorted((e for e in found if e <= self.trainer.epoch), reverse=True)
+
+    def _evaluate(self, epoch: int) -> dict:
+        """Evaluate the trainer's current weights as `epoch`'s: the values go into that epoch's history row."""
+        res = self.trainer.evaluate()
+        row = next((r for r in self.trainer.history if r["epoch"] == epoch), None)
+        if row is None:  # epoch 0: a round's trainer logs no row before its first epoch
+            row = {"epoch": 0, "time": 0.0, "reward_queries": 0}
+            self.trainer.history.insert(0, row)
+        row.update(res)
+        return res
+
+    def select(self) -> dict | None:
+        """Evaluate and pick the handed-over epoch (see the class); returns what was kept, or None."""
+        with self._trained_weights_back():
+            return self._select()
+
+    def _select(self) -> dict | None:
+        t = self.trainer
+        if t.cfg.init_lora:
+            self._load_state(Path(t.cfg.init_lora))
+            start = self._evaluate(0)
+            base = t.evaluate(base=True) if "eval_fidelity" in start else start
+        else:  # a round from the base starts as the base (zero LoRA): one evaluation is both
+            with t.base_model():
+                start = base = self._evaluate(0)
+        self.base, self.base_images = base.get("eval_fidelity"), base.get("eval_fidelity_images")
+        epochs = self._epochs() or [t.epoch]  # a round from before the keeper saved its candidates: the last
+        for epoch in epochs:
+            path = self.snapshots / f"epoch-{epoch}" / "adapter.safetensors"
+            if path.is_file():
+                self._load_state(path)
+            res = self._evaluate(epoch)
+            if self.base_images is None:  # no fidelity score: the last epoch, evaluated for its reward
+                break
+            change = checks.fidelity_change(self.base_images, res["eval_fidelity_images"], t.eval_set()[0])
+            if checks.confirm_reason(change) is None:
+                tmp = self.directory.with_name(self.directory.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                t.save_lora(tmp)
+                self.kept = {"epoch": epoch, "eval_fidelity": res["eval_fidelity"], "base_fidelity": self.base,
+                             "change_points": change["change_points"], "se_points": change["se_points"]}
+                (tmp / self.NOTE).write_text(json.dumps(self.kept))
                 shutil.rmtree(self.directory, ignore_errors=True)
-            os.replace(tmp, self.directory)
-        elif 100 * (min(start, self.base) - f) > checks.MAX_FIDELITY_DROP:
-            self.halt.set()
+                os.replace(tmp, self.directory)
+                break
+        log = Path(t.cfg.output_dir) / "log.jsonl"  # the evaluations too, in epoch order
+        log.write_text("".join(json.dumps(row) + "\n" for row in t.history))
+        return self.kept
 
+    def fallback(self, before: int) -> tuple[int, Path] | None:
+        """The candidate epoch nearest half of `before` (among those before it) and its LoRA, written under
+        `earlier_dir`: where the studio steps back to when the handed-over epoch fails the fidelity confirmation
+        on new prompts. It was not evaluated here (that would cost every round an evaluation for a step back that
+        few take): the confirmation on new prompts judges it."""
+        earlier = [e for e in self._epochs() if e < before]
+        if not earlier:
+            return None
+        epoch = min(earlier, key=lambda e: (abs(e - before / 2), -e))
+        dst = self.earlier_dir / f"epoch-{epoch}"
+        shutil.rmtree(dst, ignore_errors=True)
+        with self._trained_weights_back():
+            self._load_state(self.snapshots / f"epoch-{epoch}" / "adapter.safetensors")
+            self.trainer.save_lora(dst)
+        return epoch, dst
 
-class _Either:
-    """is_set() of either event (the trainer's `stop`)."""
-
-    def __init__(self, *events: threading.Event):
-        self.events = events
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self.events)
+    def clean(self) -> None:
+        """Disk: one LoRA per round stays."""
+        shutil.rmtree(self.snapshots, ignore_errors=True)
+        shutil.rmtree(self.earlier_dir, ignore_errors=True)
 
 
 RM_KEYS = ("accuracy", "accuracy_ci", "accuracy_n", "n_test", "better_than_chance", "log_loss", "n_pairs", "n_raters")

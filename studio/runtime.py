@@ -343,7 +343,7 @@ class Studio:
         """A trained round's verdict: rejected at once when its numbers or its images fail the automatic
         checks, else a candidate on trial in A/B pairs. The served version never changes here. When the
         handed-over epoch fails the image checks (mostly: it lost prompt fidelity on new prompts), the round
-        steps back once to `fallback`, an earlier epoch its keeper also kept (its LoRA then replaces `lora_dir`;
+        steps back once to `fallback`, an earlier epoch its keeper saved (its LoRA then replaces `lora_dir`;
         after a failing look on trial it goes on as a new round instead, `_step_back_on_trial`).
         When the confirmation's first look leaves it unsettled, the trial opens and the rest of the looks follow
         while people vote (`_confirm_on_trial`): the verdict returned is the one after them."""
@@ -389,7 +389,7 @@ class Studio:
         """The confirmation's remaining looks (`checks.iter_confirmation`) while `version` is already on trial:
         people vote meanwhile instead of waiting a minute or more for up to 512 more images per version (live loop,
         table22: the checks took 70-114 s of a round's 3-4 minutes). The gate may reject it meanwhile but promotes
-        it only once the looks pass; a failing look rejects it, and its earlier kept epoch (`fallback`) goes on as
+        it only once the looks pass; a failing look rejects it, and its earlier saved epoch (`fallback`) goes on as
         a new version (`_step_back_on_trial`). Its (verdict, reason) when the looks end."""
         if self.rounds.running:  # a round's checks (a submitted LoRA's run in the caller's thread)
             self.rounds.set_state("checking while on trial")
@@ -419,7 +419,7 @@ class Studio:
         return row.get("verdict"), row.get("verdict_reason")
 
     def _step_back_on_trial(self, rid: int, reason: str, fallback: tuple[int, Path]) -> str:
-        """Round `rid` failed a confirmation look while on trial; its earlier kept epoch (`fallback`) is checked
+        """Round `rid` failed a confirmation look while on trial; its earlier saved epoch (`fallback`) is checked
         and goes on trial as a new round of its own, so that no vote cast on the failed weights counts for it
         (table23: 2 of 4 rounds that failed on trial had 15 and 28 A/B votes). It starts from the same version
         with the same reward model; its own confirmation draws new prompts. What became of it, in words."""

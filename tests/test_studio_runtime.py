@@ -274,7 +274,7 @@ def test_a_studio_without_rounds_starts_its_first_automatic_round_at_auto_round_
 def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     """From the base, A's first gradient is zero and the first step moves only B; from an earlier round's LoRA the
     first Adam steps would move every weight by about lr (rlcm.trainer.RLCMConfig.lr_warmup_epochs)."""
-    from studio.rounds import round_config
+    from studio.rounds import keep_every, round_config
 
     s = StudioSettings(data_dir=tmp_path, round_lr_warmup=3)
     assert round_config(s, tmp_path / "r1", 1, None).lr_warmup_epochs == 0
@@ -283,7 +283,8 @@ def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     s = StudioSettings(data_dir=tmp_path, round_epochs=8, round_epochs_base_factor=1.5)
     base, chained = round_config(s, tmp_path / "r1", 1, None), round_config(s, tmp_path / "r2", 2, "adapter")
     assert (base.epochs, chained.epochs) == (12, 8)
-    assert (base.eval_every, chained.eval_every) == (3, 2)  # 4 evaluated epochs (of 128 prompts) for the keeper
+    assert (base.eval_every, chained.eval_every) == (0, 0)  # the keeper evaluates after training
+    assert (keep_every(base.epochs), keep_every(chained.epochs)) == (3, 2)  # 4 saved candidate epochs
     with pytest.raises(ValueError, match="round_epochs_base_factor"):
         StudioSettings(data_dir=tmp_path, round_epochs_base_factor=0).validate()
     with pytest.raises(ValueError, match="round_lr_warmup"):
