@@ -227,8 +227,7 @@ class RoundRunner:
             fitted_at = self.reward_model_labels
             trainer.callbacks += [keeper, lambda e: self._maybe_refit(e, trainer, rid, fitted_at, refits)]
             trainer.train(stop=self.cancel_event)
-            if not self.cancel_event.is_set():
-                keeper.select()
+            keeper.select(stop=self.cancel_event)
             if self.cancel_event.is_set():
                 self.store.update_round(rid, status="cancelled")
                 self._finish(rid, state="cancelled")
@@ -416,7 +415,7 @@ class FidelityKeeper:
 
         final = {k: v.detach().clone() for k, v in lora_state(self._unet()).items()}
         try:
-            yield
+            yield final
         finally:
             load_lora_into(self._unet(), final)
 
@@ -436,13 +435,16 @@ class FidelityKeeper:
         row.update(res)
         return res
 
-    def select(self) -> dict | None:
-        """Evaluate and pick the handed-over epoch (see the class); returns what was kept, or None."""
-        with self._trained_weights_back():
-            return self._select()
+    def select(self, stop: threading.Event | None = None) -> dict | None:
+        """Evaluate and pick the handed-over epoch (see the class); returns what was kept, or None. Stops between
+        two evaluations once `stop` is set (a round cancelled, the studio closing)."""
+        with self._trained_weights_back() as final:
+            return self._select(stop or threading.Event(), final)
 
-    def _select(self) -> dict | None:
+    def _select(self, stop: threading.Event, final: dict) -> dict | None:
         t = self.trainer
+        if stop.is_set():
+            return self.kept
         if t.cfg.init_lora:
             self._load_state(Path(t.cfg.init_lora))
             start = self._evaluate(0)
@@ -453,9 +455,15 @@ class FidelityKeeper:
         self.base, self.base_images = base.get("eval_fidelity"), base.get("eval_fidelity_images")
         epochs = self._epochs() or [t.epoch]  # a round from before the keeper saved its candidates: the last
         for epoch in epochs:
+            if stop.is_set():
+                return self.kept
             path = self.snapshots / f"epoch-{epoch}" / "adapter.safetensors"
             if path.is_file():
                 self._load_state(path)
+            else:  # the last epoch of a round from before the keeper saved its candidates
+                from rlcm.lora import load_lora_into
+
+                load_lora_into(self._unet(), final)
             res = self._evaluate(epoch)
             if self.base_images is None:  # no fidelity score: the last epoch, evaluated for its reward
                 break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -725,3 +726,20 @@ def test_a_round_whose_last_epoch_passes_evaluates_twice_and_steps_back_to_half_
     assert any(not torch.equal(states[2][k], states[3][k]) for k in states[2])  # each epoch its own weights
     keeper.clean()  # disk: only the handed-over LoRA stays
     assert not keeper.snapshots.exists() and not keeper.earlier_dir.exists() and keeper.directory.is_dir()
+
+    # choosing leaves the trainer's weights as training left them
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    from rlcm.lora import lora_state
+    from studio.rounds import FidelityKeeper
+
+    now = convert_state_dict_to_diffusers({k: v.detach() for k, v in lora_state(trainer.unet).items()})
+    assert all(torch.equal(now[k], states[5][k]) for k in states[5])
+    # a keeper with no saved epochs (a round resumed from before it saved them) judges the last epoch as trained;
+    # one stopped (the round cancelled) evaluates nothing
+    late = FidelityKeeper(trainer, tmp_path / "late", every=1)
+    assert late.select()["epoch"] == 5 and load(tmp_path / "late").keys() == states[5].keys()
+    assert all(torch.equal(load(tmp_path / "late")[k], states[5][k].float()) for k in states[5])
+    stop = threading.Event()
+    stop.set()
+    assert FidelityKeeper(trainer, tmp_path / "stopped", every=1).select(stop=stop) is None
