@@ -59,8 +59,8 @@ assert sum(s.stop - s.start for s in GROUPS.values()) == DIM  # contiguous block
 
 
 # narrower column sets than the groups, one cue each that a person may judge by: with a handful of decided pairs
-# a prior on 6-8 columns finds the direction that one on a whole group (20-50 columns) cannot (RESULTS,
-# "Reward model: cue priors from the first labels"). They overlap the groups and are priors only.
+# a prior on 6-8 columns finds the direction that one on a whole block such as colour (25 columns) cannot (RESULTS,
+# "Reward model from the first labels: cue priors"). They overlap the groups and are priors only.
 CUES: dict[str, tuple[str, ...]] = {
     "shade": ("lab_mean_L", "lab_mean_a", "lab_mean_b", "opponent_rg_mean", "opponent_yb_mean", "chroma_mean"),
     "subject_place": ("saliency_mean", *(f"subject_fraction_{t:g}" for t in FG_THRESHOLDS), "subject_offcentre",
