@@ -228,6 +228,11 @@ class RoundRunner:
             trainer.callbacks += [keeper, lambda e: self._maybe_refit(e, trainer, rid, fitted_at, refits)]
             trainer.train(stop=self.cancel_event)
             keeper.select(stop=self.cancel_event)
+            with self.lock:  # the curve's held-out points: the keeper's evaluations come after the epochs
+                self.progress["rows"] = self.progress.get("rows", []) + [
+                    {k: r[k] for k in ("epoch", "eval_reward_mean", "eval_fidelity") if k in r}
+                    for r in trainer.history if "eval_reward_mean" in r]
+                self.changed.notify_all()
             if self.cancel_event.is_set():
                 self.store.update_round(rid, status="cancelled")
                 self._finish(rid, state="cancelled")

@@ -111,6 +111,9 @@ def test_round_becomes_a_candidate_and_people_promote_it(app):
     row = studio.store.rounds()[-1]
     assert row["status"] == "done" and row["verdict"] == "candidate" and row["metrics"]["reward_after"] is not None
     assert row["config"]["init_version"] == "base"
+    # the Train tab's curve has its held-out points: the start's and the handed-over epoch's, evaluated after training
+    held_out = [r["epoch"] for r in studio.train_view()[2] if "eval_reward_mean" in r]
+    assert held_out[0] == 0 and row["metrics"]["epoch_served"] in held_out, held_out
     # people prefer the candidate in A/B pairs (voted through the API, as a browser would)
     from PIL import Image
 
