@@ -14,7 +14,6 @@ decided pairs only): pairwise accuracy, and the rater's win rate (ties half) of 
 first seed. Prints per-stream rows, means over streams and a final JSON line.
 """
 import argparse
-import itertools
 import json
 import os
 import random
@@ -32,6 +31,7 @@ import reward_model  # noqa: E402
 from feedback.raters import RATERS  # noqa: E402
 from feedback.store import FeedbackStore  # noqa: E402
 from rlcm.clip import load_clip  # noqa: E402
+from bench.heldout_pairs import held_out  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
 from studio.serving import BASE, ServedGenerator, most_distinct_pair  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
@@ -50,20 +50,7 @@ rater = RATERS[args.rater]
 gen = ServedGenerator(StudioSettings(data_dir=tempfile.mkdtemp()))
 clip = load_clip("toy-clip", device="cpu")
 train = get_prompts("toy", "train", 400, seed=3)
-held = get_prompts("toy", "heldout", 100, seed=4)[:60]
-PAIRS = list(itertools.combinations(range(4), 2))
-H = [gen.generate([p] * 4, [50_000 + 4 * k + s for s in range(4)], version=BASE)[0] for k, p in enumerate(held)]
-hl = [(k, a, b, rater(H[k][a], H[k][b], held[k])) for k in range(len(held)) for a, b in PAIRS]
-hl = [x for x in hl if x[3] != "tie"]
-WIN = {"a": 1.0, "tie": 0.5, "b": 0.0}
-
-
-def measure(rm) -> tuple[float, float]:
-    s = [rm.score(H[k], [p] * 4) for k, p in enumerate(held)]  # each held-out image scored once
-    acc = np.mean([(float(s[k][a]) > float(s[k][b])) == (y == "a") for k, a, b, y in hl])
-    best = np.mean([WIN[rater(H[k][int(s[k].argmax())], H[k][0], p)] for k, p in enumerate(held)])
-    return float(acc), float(best)
-
+held = held_out(gen, rater, 60)
 
 rows = {(rule, fit): [] for rule in RULES for fit in FITS}
 for st in range(args.streams):
@@ -85,7 +72,7 @@ for st in range(args.streams):
                 for fit, cfg in FITS.items():
                     try:
                         rm, _ = reward_model.fit(store, clip, cfg)
-                        row[fit][t + 1] = (decided, *measure(rm))
+                        row[fit][t + 1] = (decided, *held.measure(rm))
                     except ValueError:  # too few decided pairs to fit
                         row[fit][t + 1] = (decided, None, None)
         for fit in FITS:
@@ -104,4 +91,4 @@ for (rule, fit), rs in rows.items():
             "accuracy": round(float(np.mean([x[1] for x in fitted])), 3) if fitted else None,
             "best_of_4": round(float(np.mean([x[2] for x in fitted])), 3) if fitted else None}
         print(f"{args.rater:14s} {rule:8s} {fit:8s} {n:2d} labels: {summary[key]}")
-print(json.dumps({"rater": args.rater, "streams": args.streams, "heldout_decided_pairs": len(hl), **summary}))
+print(json.dumps({"rater": args.rater, "streams": args.streams, "heldout_decided_pairs": len(held.decided), **summary}))

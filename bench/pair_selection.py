@@ -11,7 +11,6 @@ studio before its first fit). At 20/40/60 labels it prints the share of labels s
 the model's accuracy on up to 300 held-out decided pairs (100 held-out prompts x the 6 pairs of 4 seeds), and
 the rater's win rate (ties half) of the model's best of 4 against the first seed on those prompts. One JSON line.
 """
-import itertools
 import json
 import os
 import random
@@ -30,6 +29,7 @@ import reward_model  # noqa: E402
 from feedback.raters import RATERS  # noqa: E402
 from feedback.store import FeedbackStore  # noqa: E402
 from rlcm.clip import load_clip  # noqa: E402
+from bench.heldout_pairs import PAIRS, held_out  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
 from studio.serving import BASE, ServedGenerator  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
@@ -41,16 +41,9 @@ rater = RATERS[rater_name]
 gen = ServedGenerator(StudioSettings(data_dir=tempfile.mkdtemp()))
 clip = load_clip("toy-clip", device="cpu")
 train = get_prompts("toy", "train", 400, seed=3)
-held = get_prompts("toy", "heldout", 100, seed=4)[:100]
+held = held_out(gen, rater, 100, max_pairs=300)
 rng = random.Random(11)
-PAIRS = list(itertools.combinations(range(4), 2))
 ii = torch.tensor([a for a, b in PAIRS]); jj = torch.tensor([b for a, b in PAIRS])
-
-# held-out: 4 images per prompt
-H = [gen.generate([p] * 4, [50_000 + 4 * k + s for s in range(4)], version=BASE)[0] for k, p in enumerate(held)]
-hp = [(k, a, b) for k in range(len(held)) for a, b in PAIRS]
-hl = [(k, a, b, rater(H[k][a], H[k][b], held[k])) for k, a, b in hp]
-hl = [x for x in hl if x[3] != "tie"][:300]
 
 store = FeedbackStore(tempfile.mkdtemp())
 rm, out, decided = None, [], []
@@ -76,12 +69,7 @@ for t in range(60):
         except ValueError as e:  # too few decided pairs to fit
             print("fit failed", n, e, file=sys.stderr); continue
         if n in (20, 40, 60):
-            s = [rm.score(H[k], [p2] * 4) for k, p2 in enumerate(held)]  # each held-out image scored once
-            acc = np.mean([(float(s[k][a]) > float(s[k][b])) == (y == "a") for k, a, b, y in hl])
-            wins = []
-            for k, p2 in enumerate(held):
-                v = rater(H[k][int(s[k].argmax())], H[k][0], p2)
-                wins.append(1.0 if v == "a" else 0.5 if v == "tie" else 0.0)
-            out.append({"labels": n, "decided": round(float(np.mean(decided)), 3), "acc": round(float(acc), 3),
-                        "best4": round(float(np.mean(wins)), 3)})
-print(json.dumps({"rater": rater_name, "crit": crit, "heldout_decided": len(hl), "curve": out}))
+            acc, best = held.measure(rm)
+            out.append({"labels": n, "decided": round(float(np.mean(decided)), 3), "acc": round(acc, 3),
+                        "best4": round(best, 3)})
+print(json.dumps({"rater": rater_name, "crit": crit, "heldout_decided": len(held.decided), "curve": out}))

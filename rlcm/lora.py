@@ -38,6 +38,24 @@ def save_lora(pipe_cls, unet, lora_config, directory: str | Path, adapter_name: 
     return directory
 
 
+def save_lora_state(unet, path: str | Path, adapter_name: str = "default") -> Path:
+    """Write the peft-format LoRA state (`lora_state`) to one safetensors file: what `load_lora_file` and
+    `RLCMConfig.init_lora` read (the trainer's checkpoints, a round's saved epochs, a served adapter)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in lora_state(unet, adapter_name).items()}, path)
+    return path
+
+
+def load_lora_file(unet, path: str | Path, adapter_name: str = "default") -> None:
+    """Restore a file written by `save_lora_state` into a UNet that has the adapter."""
+    from safetensors.torch import load_file
+
+    load_lora_into(unet, load_file(path), adapter_name)
+
+
 def load_lora_into(unet, state: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
     """Restore a peft-format LoRA state (from `lora_state`) into a UNet that has the adapter."""
     from peft import set_peft_model_state_dict

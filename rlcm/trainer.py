@@ -189,9 +189,7 @@ class RLCMTrainer:
         self.accum = cfg.accumulation_steps(self.actions)  # checked before the pipeline gets its LoRA
         self.lora_config = lora_utils.add_lora(self.pipe.unet, cfg.lora_rank, cfg.lora_alpha)
         if cfg.init_lora:
-            from safetensors.torch import load_file
-
-            lora_utils.load_lora_into(self.pipe.unet, load_file(cfg.init_lora))
+            lora_utils.load_lora_file(self.pipe.unet, cfg.init_lora)
         params = [p for p in self.pipe.unet.parameters() if p.requires_grad]
         for p in params:  # trainable LoRA weights stay fp32 under fp16 inference weights
             p.data = p.data.float()
@@ -407,16 +405,13 @@ class RLCMTrainer:
         A crash at any point leaves a complete `checkpoint` or a complete `checkpoint.old` that the next
         start puts back (`settle_checkpoint`); leftovers of an earlier crash are cleared first.
         """
-        from safetensors.torch import save_file
-
         if not self.accelerator.is_main_process:
             return
         out = Path(self.cfg.output_dir)
         settle_checkpoint(out)
         ck, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
         tmp.mkdir(parents=True)
-        state = lora_utils.lora_state(self.accelerator.unwrap_model(self.unet))
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / "adapter.safetensors")
+        lora_utils.save_lora_state(self.accelerator.unwrap_model(self.unet), tmp / "adapter.safetensors")
         torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "stats": self.stats.state_dict(),
                     "history": self.history, "reward_queries": self.reward_queries,
                     "train_seconds": self.train_seconds}, tmp / "trainer_state.pt")
@@ -435,8 +430,6 @@ class RLCMTrainer:
         checkpoint's history: no epoch appears twice. The trainer keeps the config it was built with; to
         continue a run with the config it started with, build it from `resume_config(cfg)`.
         """
-        from safetensors.torch import load_file
-
         out = Path(self.cfg.output_dir)
         if self.accelerator.is_main_process:
             settle_checkpoint(out)
@@ -445,7 +438,7 @@ class RLCMTrainer:
         ck = out / "checkpoint"
         if not _complete(ck):
             return False
-        lora_utils.load_lora_into(self.accelerator.unwrap_model(self.unet), load_file(ck / "adapter.safetensors"))
+        lora_utils.load_lora_file(self.accelerator.unwrap_model(self.unet), ck / "adapter.safetensors")
         state = torch.load(ck / "trainer_state.pt", weights_only=False, map_location="cpu")
         self.optimizer.load_state_dict(state["optimizer"])
         self.stats.load_state_dict(state["stats"])

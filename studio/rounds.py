@@ -395,23 +395,23 @@ class FidelityKeeper:
         return self.trainer.accelerator.unwrap_model(self.trainer.unet)
 
     def _save_state(self, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        from rlcm.lora import lora_state
+        from rlcm.lora import save_lora_state
 
         tmp = directory.with_name(directory.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in lora_state(self._unet()).items()},
-                  tmp / "adapter.safetensors")
+        save_lora_state(self._unet(), tmp / "adapter.safetensors")
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
 
-    def _load_state(self, adapter: Path) -> None:
-        from safetensors.torch import load_file
+    def _load(self, epoch: int, final: dict) -> None:
+        """Put epoch `epoch`'s weights in the trainer: its saved LoRA, or `final` (the trainer's weights after
+        training) for the last epoch of a round from before the keeper saved its candidates."""
+        from rlcm.lora import load_lora_file, load_lora_into
 
-        from rlcm.lora import load_lora_into
-
-        load_lora_into(self._unet(), load_file(adapter))
+        path = self.snapshots / f"epoch-{epoch}" / "adapter.safetensors"
+        if path.is_file():
+            load_lora_file(self._unet(), path)
+        else:
+            load_lora_into(self._unet(), final)
 
     @contextlib.contextmanager
     def _trained_weights_back(self):
@@ -451,7 +451,9 @@ class FidelityKeeper:
         if stop.is_set():
             return self.kept
         if t.cfg.init_lora:
-            self._load_state(Path(t.cfg.init_lora))
+            from rlcm.lora import load_lora_file
+
+            load_lora_file(self._unet(), t.cfg.init_lora)
             start = self._evaluate(0)
             base = t.evaluate(base=True) if "eval_fidelity" in start else start
         else:  # a round from the base starts as the base (zero LoRA): one evaluation is both
@@ -462,13 +464,7 @@ class FidelityKeeper:
         for epoch in epochs:
             if stop.is_set():
                 return self.kept
-            path = self.snapshots / f"epoch-{epoch}" / "adapter.safetensors"
-            if path.is_file():
-                self._load_state(path)
-            else:  # the last epoch of a round from before the keeper saved its candidates
-                from rlcm.lora import load_lora_into
-
-                load_lora_into(self._unet(), final)
+            self._load(epoch, final)
             res = self._evaluate(epoch)
             if self.base_images is None:  # no fidelity score: the last epoch, evaluated for its reward
                 break
@@ -498,8 +494,8 @@ class FidelityKeeper:
         epoch = min(earlier, key=lambda e: (abs(e - before / 2), -e))
         dst = self.earlier_dir / f"epoch-{epoch}"
         shutil.rmtree(dst, ignore_errors=True)
-        with self._trained_weights_back():
-            self._load_state(self.snapshots / f"epoch-{epoch}" / "adapter.safetensors")
+        with self._trained_weights_back() as final:
+            self._load(epoch, final)
             self.trainer.save_lora(dst)
         return epoch, dst
 

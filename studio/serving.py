@@ -98,15 +98,10 @@ class ServedGenerator:
 
     def save_adapter(self, role: str, path: Path) -> Path:
         """Write the peft-format weights of the "served" or "candidate" adapter (what `RLCMConfig.init_lora` reads)."""
-        from safetensors.torch import save_file
-
-        from rlcm.lora import lora_state
+        from rlcm.lora import save_lora_state
 
         with self.lock:
-            state = lora_state(self.pipe.unet, adapter_name=self.ADAPTERS[role])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, path)
-            return path
+            return save_lora_state(self.pipe.unet, path, adapter_name=self.ADAPTERS[role])
 
     def set_candidate(self, version: str | None, lora_dir: str | Path | None = None, trial: bool = True) -> None:
         """Put `version` on trial (its LoRA in the second adapter), or end the trial with None. With `trial`
