@@ -507,6 +507,41 @@ def test_a_confirmation_unsettled_by_its_first_look_goes_on_while_people_vote(st
         again.close()
 
 
+def test_the_warm_up_scores_the_base_on_the_next_rounds_confirmation_while_no_round_trains(studio, tmp_path,
+                                                                                             monkeypatch):
+    """Before the first round the studio renders the base's half of that round's confirmation (its first look
+    at once, the rest only while no round trains), so the candidate's looks render the candidate alone; the
+    change they report is the one recomputed from scratch."""
+    from studio import checks
+    from studio.rounds import RoundRunner
+
+    studio.settings.confirm_prompts = 16  # 32 images: looks at 8, 16, 32
+    monkeypatch.setattr(checks, "confirm_settled", lambda change: False)  # every look is taken
+    real, base_seeds = studio.generator.generate, []
+
+    def generate(prompts, seeds, version=None):
+        if version == "base":
+            base_seeds.extend(seeds)
+        return real(prompts, seeds, version=version)
+
+    monkeypatch.setattr(studio.generator, "generate", generate)
+    prompts, seeds = checks.confirmation_set(16, draw=studio.store.next_round_id())
+    with monkeypatch.context() as m:  # a round trains: the first look's images only
+        m.setattr(RoundRunner, "running", property(lambda self: True))
+        studio._warm_up()
+    assert base_seeds == seeds[:8]
+    studio._warm_up()  # no round: the rest, none twice
+    assert base_seeds == seeds
+    base_seeds.clear()
+    version, verdict, reason = studio.submit_candidate(_lora(tmp_path / "gentle", 0.02))
+    assert verdict in ("candidate", "promoted"), reason
+    assert not set(base_seeds) & set(seeds)  # the looks rendered no base image again
+    change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
+    studio.generator.set_candidate(version, tmp_path / "gentle", trial=False)
+    tuned, base = (checks.image_fidelity(real(prompts, seeds, version=v)[0], prompts) for v in (version, "base"))
+    assert change["n"] == 32 and change["change_points"] == pytest.approx(100 * (tuned - base).mean())
+
+
 def test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version(studio, tmp_path, monkeypatch):
     """A round that loses prompt fidelity in a look taken while people vote is rejected, and its earlier kept
     epoch goes on trial as a new round: the votes cast on the failed weights don't count for it."""
