@@ -36,9 +36,10 @@ AUTO_RETRY_LABELS = 5
 # queue's pairs carry raters through the load and the epoch-0 evaluation
 ROUND_QUEUE_WAIT_S = 20.0
 SERVED_ADAPTER = "served-adapter.safetensors"  # under rounds/<id>/: the weights people were shown, peft format
-# the warm-up scores the base on the confirmation set this many images at a time, and stops between two chunks
-# once a round trains (a chunk takes about 4 s on 2 CPU cores)
-WARM_UP_CHUNK = 64
+# after the first look the warm-up scores the base on the confirmation set this many images at a time, each when
+# the pair queue is full and no round trains (16 take about 1 s on 2 CPU cores; with 64 at a time, round 1 of a
+# live-loop run waited 9.4 s for the queue before it loaded, against 0 s in table30)
+WARM_UP_CHUNK = 16
 
 
 def _parent_of(row: dict) -> str:
@@ -543,8 +544,9 @@ class Studio:
         """Once the pair queue is full, score the base on the next round's confirmation set (in memory, nothing
         written) while people rate, so the first candidate reaches its vote and its promotion sooner (live loop:
         the checks of round 1 took ~38 s of ratings, of later rounds ~24 s; the looks on trial 54-60 s, RESULTS
-        table30): the first look's images, then the rest a chunk at a time while no round trains. Before the
-        first round the CPU has nothing else to do; a round's training has, and a look renders what is left."""
+        table30): the first look's images, then the rest a chunk at a time while the queue is full and no round
+        trains. Before the first round the CPU has little else to do; a round's training has, and a look renders
+        what is left."""
         if not self.settings.confirms_fidelity:
             return
         self.queue.wait_full(60, self._stop)
@@ -553,8 +555,10 @@ class Studio:
             first = checks.confirmation_looks(self.settings.confirm_prompts)[0]
             total = 2 * self.settings.confirm_prompts
             for n in [first, *range(first + WARM_UP_CHUNK, total + WARM_UP_CHUNK, WARM_UP_CHUNK)]:
-                if n > first and (self.rounds.running or self._stop.is_set()):
-                    return
+                if n > first:  # raters' pairs first: a round waits for a full queue before it loads
+                    self.queue.wait_full(ROUND_QUEUE_WAIT_S, self._stop)
+                    if self.rounds.running or self._stop.is_set():
+                        return
                 self._base_confirmation(rid, min(n, total))
         except Exception as e:  # the first round's checks compute them anyway
             self.queue.errors.append(f"warm-up: {type(e).__name__}: {e}")
