@@ -36,6 +36,7 @@ ON_TRIAL = "tests/test_gate.py::test_a_confirmation_unsettled_by_its_first_look_
 STEP_BACK_ON_TRIAL = "tests/test_gate.py::test_a_round_that_fails_a_look_on_trial_steps_back_as_a_new_version"
 PAIR_CHOICE = "tests/test_serving.py::test_queue_shows_the_pair_the_reward_model_is_least_sure_about"
 KEEPER = "tests/test_gate.py::test_a_round_hands_over_its_last_epoch_that_kept_prompt_fidelity"
+WARM_UP = "tests/test_gate.py::test_the_warm_up_scores_the_base_on_the_next_rounds_confirmation_while_no_round_trains"
 CUE_COLUMNS = "tests/test_reward_model.py::test_cue_columns_are_the_named_statistics"
 CUE_PRIORS = "tests/test_reward_model.py::test_the_fit_offers_the_cue_priors"
 
@@ -127,6 +128,11 @@ MUTANTS = [
            'new, dst = rid, self.store.update_round(rid, verdict=None) and Path(row["lora_path"]); '
            "replace_lora(dst, earlier); (lambda *a, **k: a)(", (STEP_BACK_ON_TRIAL,),
            "the earlier epoch goes on trial under the failed round's name, with the votes cast on the failed weights"),
+    Mutant("warm_up_other_draw", "studio/runtime.py", "rid = self.store.next_round_id()",
+           "rid = self.store.next_round_id() + 1", (WARM_UP,),
+           "the warm-up renders the base on the confirmation set of the round after next"),
+    Mutant("warm_up_while_training", "studio/runtime.py", "if self.rounds.running or self._stop.is_set():",
+           "if self._stop.is_set():", (WARM_UP,), "the warm-up goes on rendering while a round trains"),
 ]
 
 
