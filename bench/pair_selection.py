@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import reward_model  # noqa: E402
+from bench.heldout_pairs import PAIRS, held_out  # noqa: E402
 from feedback.raters import RATERS  # noqa: E402
 from feedback.store import FeedbackStore  # noqa: E402
 from rlcm.clip import load_clip  # noqa: E402
-from bench.heldout_pairs import PAIRS, held_out  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
 from studio.serving import BASE, ServedGenerator  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402

@@ -552,9 +552,9 @@ class Studio:
         self.queue.wait_full(60, self._stop)
         try:
             rid = self.store.next_round_id()
-            first = checks.confirmation_looks(self.settings.confirm_prompts)[0]
-            total = 2 * self.settings.confirm_prompts
-            for n in [first, *range(first + WARM_UP_CHUNK, total + WARM_UP_CHUNK, WARM_UP_CHUNK)]:
+            looks = checks.confirmation_looks(self.settings.confirm_prompts)
+            first, total = looks[0], looks[-1]  # the last look is the whole set
+            for n in range(first, total + WARM_UP_CHUNK, WARM_UP_CHUNK):
                 if n > first:  # raters' pairs first: a round waits for a full queue before it loads
                     self.queue.wait_full(ROUND_QUEUE_WAIT_S, self._stop)
                     if self.rounds.running or self._stop.is_set():
