@@ -338,15 +338,15 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
     studio.reject(version, "test")
     # unsettled by its early looks, a confirmation renders the rest: the same round's images, each look adding to
     # the last; its standard error is over the 32 prompts' mean changes (their 2 seeds are not independent)
-    studio.settings.confirm_prompts = 32
+    studio.settings.confirm_prompts = 16
     monkeypatch.setattr(checks, "CONFIRM_EARLY_SE", float("inf"))
     version, verdict, reason = studio.submit_candidate(loud)
-    assert verdict == "rejected" and "prompt fidelity on 64 new images" in reason, reason
+    assert verdict == "rejected" and "prompt fidelity on 32 new images" in reason, reason
     change = studio.store.get_round(int(version.removeprefix("round-")))["metrics"]["fidelity_confirmed"]
-    d = recomputed(version, loud, 64, 32)
-    assert change["n"] == 64 and change["change_points"] == pytest.approx(d.mean())
-    per_prompt = d.reshape(32, 2).mean(axis=1)  # confirmation_set lists each prompt's two seeds side by side
-    assert change["se_points"] == pytest.approx(per_prompt.std(ddof=1) / np.sqrt(32))
+    d = recomputed(version, loud, 32, 16)
+    assert change["n"] == 32 and change["change_points"] == pytest.approx(d.mean())
+    per_prompt = d.reshape(16, 2).mean(axis=1)  # confirmation_set lists each prompt's two seeds side by side
+    assert change["se_points"] == pytest.approx(per_prompt.std(ddof=1) / np.sqrt(16))
 
 
 def test_a_fidelity_change_passes_the_confirmation_only_when_it_is_surely_within_the_limit():

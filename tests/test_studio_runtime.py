@@ -27,7 +27,8 @@ def make_studio(tmp_path, **kw):
 
     s = StudioSettings(model=str(MODELS / "toy-lcm"), clip=str(MODELS / "toy-clip"), data_dir=tmp_path,
                        admin_password=PASSWORD, snapshot_every_s=0,
-                       **{**TEST_ROUNDS, **TEST_QUEUE, "round_prompts": 2, "queue_size": 2, "compare_prompts": 2, **kw})
+                       **{**TEST_ROUNDS, **TEST_QUEUE, "round_prompts": 2, "queue_size": 2, "compare_prompts": 2,
+                          "auto_round_every": 0, **kw})  # automatic rounds only where a test asks: a fit costs seconds
     return Studio(s)
 
 
