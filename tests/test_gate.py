@@ -337,7 +337,7 @@ def test_a_candidate_that_loses_prompt_fidelity_on_new_prompts_is_rejected_befor
     assert f"pts ({ok['n']} images)" in studio.train_view()[1][0]["fidelity vs base, new prompts"]
     studio.reject(version, "test")
     # unsettled by its early looks, a confirmation renders the rest: the same round's images, each look adding to
-    # the last; its standard error is over the 32 prompts' mean changes (their 2 seeds are not independent)
+    # the last; its standard error is over the 16 prompts' mean changes (their 2 seeds are not independent)
     studio.settings.confirm_prompts = 16
     monkeypatch.setattr(checks, "CONFIRM_EARLY_SE", float("inf"))
     version, verdict, reason = studio.submit_candidate(loud)
