@@ -22,8 +22,9 @@ def build(studio, password: gr.Textbox, admin) -> None:
                 "(set by environment variables, see README)")
     steps = gr.Slider(2, 16, value=s.steps, step=1, label="LCM steps")
     guidance = gr.Slider(1, 15, value=s.guidance, step=0.5, label="guidance scale")
-    epochs = gr.Slider(1, 200, value=s.round_epochs, step=1, label="RLCM epochs per round "
-                       f"(x {s.round_epochs_base_factor:g} for a round from the base model)")
+    base_factor = s.round_epochs_base_factor
+    base_epochs = f" (x {base_factor:g} for a round from the base model)" if base_factor != 1 else ""
+    epochs = gr.Slider(1, 200, value=s.round_epochs, step=1, label="RLCM epochs per round" + base_epochs)
     auto = gr.Number(value=s.auto_round_every, precision=0, label="auto: start a round every N new ratings (0 = off)")
     guard = gr.Number(value=s.alignment_guard, minimum=0,
                       label="alignment guard: CLIP prompt score's pull, as a share of the reward model's (0 = off)")
