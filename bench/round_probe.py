@@ -8,6 +8,8 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
     python bench/round_probe.py RM_DIR rel 0.25 12 --switch 3:RM_25,6:RM_40  # reward model refitted mid-round
     python bench/round_probe.py RM_DIR rel 0.25 12 --targets to_k,to_q,to_v,to_out.0,conv_out  # other LoRA modules
+    python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --init ADAPTER --warmup 4  # a chained round (also
+        # measured before its first epoch: the earlier round's own win and fidelity on the same images)
 
 RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
 round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch, no evaluation),
@@ -66,6 +68,15 @@ def main() -> None:
         del sys.argv[i:i + 2]
         import rlcm.lora
         rlcm.lora.TARGETS = targets  # read when the trainer adds its LoRA
+    init, warmup = None, 0
+    if "--init" in sys.argv:  # start from an earlier round's served-adapter.safetensors, as a chained round does
+        i = sys.argv.index("--init")
+        init = sys.argv[i + 1]
+        del sys.argv[i:i + 2]
+    if "--warmup" in sys.argv:  # learning-rate warm-up epochs (the studio's round_lr_warmup for chained rounds)
+        i = sys.argv.index("--warmup")
+        warmup = int(sys.argv[i + 1])
+        del sys.argv[i:i + 2]
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
@@ -75,6 +86,7 @@ def main() -> None:
     rm = reward_model.load(rm_dir)
     tag = "_switch" + "-".join(f"{e}" for e in sorted(switch)) if switch else ""
     tag += "_targets-" + "-".join(targets) if targets else ""
+    tag += f"_init-{Path(init).parent.parent.parent.name}-{Path(init).parent.name}_w{warmup}" if init else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
     pairs = guard_pairs(gen) if mode == "rel" else None
@@ -87,19 +99,24 @@ def main() -> None:
     cfg = RLCMConfig(model="toy-lcm", reward="preference", prompt_set="toy", num_steps=4, guidance_scale=8.0,
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
-                     checkpoint_every=10**6, lr=lr, kl_coef=kl, kl_units=kl_units)
+                     checkpoint_every=10**6, lr=lr, kl_coef=kl, kl_units=kl_units, init_lora=init,
+                     lr_warmup_epochs=warmup)
     prompts = [p for p in get_prompts("toy", "heldout", 32, seed=1)[:32] for _ in (0, 1)]
     seeds = [20_000 + i for i in range(len(prompts))]
     base = gen.generate(prompts, seeds, version=BASE)[0]
     cp, cs = checks.confirmation_set(128)
-    base_confirm = checks.image_fidelity(gen.generate(cp, cs, version=BASE)[0], cp)
+    base_confirm_images = gen.generate(cp, cs, version=BASE)[0]
+    base_confirm = checks.image_fidelity(base_confirm_images, cp)
+    base_attrs = fidelity(base_confirm_images, cp)
     t = time.time()
 
     def measure(trainer, epoch: int) -> None:
         tuned = trainer.sample_images(prompts, seeds)
         wins = oracle_wins(oracle, base, tuned, prompts)
         fb, ft = fidelity(base, prompts)["score"], fidelity(tuned, prompts)["score"]
-        confirmed = checks.fidelity_change(base_confirm, checks.image_fidelity(trainer.sample_images(cp, cs), cp), cp)
+        confirm_images = trainer.sample_images(cp, cs)
+        confirmed = checks.fidelity_change(base_confirm, checks.image_fidelity(confirm_images, cp), cp)
+        attrs = fidelity(confirm_images, cp)  # which requested attributes it lost (or gained), in points
         print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k,
                           "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epoch,
                           "lr": lr, "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3),
@@ -107,11 +124,15 @@ def main() -> None:
                           "fidelity_change_points": round(100 * (ft - fb), 1),
                           "fidelity_confirmed_points": round(confirmed["change_points"], 1),
                           "fidelity_confirmed_se": round(confirmed["se_points"], 1),
+                          "confirmed_by_attribute": {a: round(100 * (attrs[a] - base_attrs[a]), 1) for a in
+                                                     sorted(base_attrs) if a not in ("score", "all_correct")},
                           "switch": {e: Path(d).name for e, d in sorted(switch.items())},
-                          "lora_targets": targets or "default",
+                          "lora_targets": targets or "default", "init": init, "warmup": warmup,
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)
+    if init:
+        measure(trainer, 0)
     trainer.callbacks.append(lambda e: measure(trainer, e["epoch"]) if e["type"] == "epoch" and e["epoch"] in at
                              and e["epoch"] < epochs else None)
 
