@@ -14,7 +14,7 @@ MAX_FIDELITY_DROP = 10.0  # points of toy prompt fidelity a round may lose befor
 # held-out prompts and seeds; studio.rounds.FidelityKeeper)
 KEEP_FIDELITY_DROP = 2.0
 # Before a vote, a finished round's toy prompt fidelity is measured again on new held-out prompts (x2 seeds, the
-# same seeds for base and candidate): the keeper chose its epoch on the round's own 128 images, so that figure is
+# same seeds for base and candidate): the keeper chose its epoch on the round's own 256 images, so that figure is
 # biased up (32 of them until bd56448: table rounds measured +0.3 there and -8.7 points on 512 new images,
 # RESULTS "Confirming fidelity").
 # ... and it must be above -KEEP_FIDELITY_DROP by this many of its standard errors: a round that passed at -1.9 on

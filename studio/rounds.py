@@ -368,7 +368,7 @@ class FidelityKeeper:
 
     As a trainer callback it only saves each candidate's LoRA (peft state, under `snapshots`). `select()`, after
     training, evaluates the start, the base and then the candidates from the last back, and stops at the first
-    that passes: the epoch an evaluation after every candidate would pick, for 2 evaluations of 128 prompts
+    that passes: the epoch an evaluation after every candidate would pick, for 2 evaluations (`round_eval_prompts`)
     instead of 5 when the last epoch passes (each about an epoch's time on 2 CPU cores). Each evaluation is
     written into the trainer's history row of its epoch (epoch 0: the start). Without a fidelity score (real
     models) it evaluates the start and the last epoch (the reward before and after) and keeps nothing: the last

@@ -160,7 +160,13 @@ class StudioSettings:
     # 16 x 8 won 0.69 at +3.5 (8 x 12: 0.73 at -3.9). 40-label warm_colours: 16 x 8 won 0.64 at -3.7,
     # 8 x 12 0.61 at -2.4 (no gain there). RESULTS, "Round length"
     round_prompts: int = 16
-    round_eval_prompts: int = 128  # held-out prompts (1 seed) of a round's evaluations; its keeper's error shrinks
+    # RLCM_ROUND_EVAL_PROMPTS: held-out prompts (1 seed) of a round's keeper evaluations. The keeper hands over an
+    # epoch a standard error above -2 points of fidelity: about -0.7 on 128 images, -1.0 on 256. A chained
+    # big_centred round won 0.86-0.88 at -0.4 to -1.0 points after 4 epochs, and at 128 none of tables 28b, 30 and
+    # 32f8 handed one over (RESULTS, "why big_centred's chained rounds lose prompt fidelity"). At 256, round 1 came
+    # 9-14 s later and one live-loop run per learnable taste served more at 300 labels (RESULTS, "the keeper on 256
+    # prompts", runs/s37)
+    round_eval_prompts: int = 256
     # toy prompt set: new held-out prompts (x2 seeds, drawn anew for each round) on which a finished round's
     # fidelity is confirmed against the base before it is promoted (studio.checks.confirm_reason); 0: off. It looks
     # at 128 images before any vote, then (on trial, while unsettled) at 256 and 512. 256 images (standard error
@@ -234,6 +240,7 @@ class StudioSettings:
             round_epochs_base_factor=_env("RLCM_ROUND_EPOCHS_BASE_FACTOR", cls.round_epochs_base_factor, float),
             round_rm_refresh=_env("RLCM_ROUND_RM_REFRESH", cls.round_rm_refresh, int),
             round_prompts=_env("RLCM_ROUND_PROMPTS", cls.round_prompts, int),
+            round_eval_prompts=_env("RLCM_ROUND_EVAL_PROMPTS", cls.round_eval_prompts, int),
             round_batch=_env("RLCM_ROUND_BATCH", cls.round_batch, int),
             auto_round_every=_env("RLCM_AUTO_ROUND", cls.auto_round_every, int),
             auto_round_first=_env("RLCM_AUTO_ROUND_FIRST", cls.auto_round_first, int),

@@ -107,6 +107,11 @@ def test_environment_values_are_checked_with_the_variable_named(env):
     env.delenv("RLCM_MAX_UPLOAD_MB")
     s = StudioSettings.from_env()
     assert s.max_upload_mb == 100 and s.max_upload_bytes == 100 * 1024 * 1024
+    env.setenv("RLCM_ROUND_EVAL_PROMPTS", "0")  # the keeper needs at least one prompt
+    with pytest.raises(ValueError, match="round_eval_prompts"):
+        StudioSettings.from_env()
+    env.setenv("RLCM_ROUND_EVAL_PROMPTS", "64")
+    assert StudioSettings.from_env().round_eval_prompts == 64
 
 
 def test_a_rounds_batch_always_divides_its_epoch():
