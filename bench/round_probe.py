@@ -50,33 +50,28 @@ def guard_pairs(gen: ServedGenerator) -> list:
     return [(imgs[i], imgs[i + 1], prompts[i]) for i in range(0, len(imgs), 2)]
 
 
+def pop_option(name: str) -> str | None:
+    """The value after `name` on the command line, removed with it (so the positional arguments stay in place)."""
+    if name not in sys.argv:
+        return None
+    i = sys.argv.index(name)
+    value = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
+    return value
+
+
 def main() -> None:
-    at = []
-    if "--at" in sys.argv:  # epochs before the last at which the round is measured too (one JSON line each)
-        i = sys.argv.index("--at")
-        at = [int(e) for e in sys.argv[i + 1].split(",")]
-        del sys.argv[i:i + 2]
-    switch = {}
-    if "--switch" in sys.argv:  # after these epochs the round goes on with another reward model (a later refit)
-        i = sys.argv.index("--switch")
-        switch = {int(e): d for e, d in (item.split(":", 1) for item in sys.argv[i + 1].split(","))}
-        del sys.argv[i:i + 2]
-    targets = None
-    if "--targets" in sys.argv:  # the UNet modules the round's LoRA adapts (default: rlcm.lora.TARGETS)
-        i = sys.argv.index("--targets")
-        targets = sys.argv[i + 1].split(",")
-        del sys.argv[i:i + 2]
+    at = pop_option("--at")  # epochs before the last at which the round is measured too (one JSON line each)
+    at = [int(e) for e in at.split(",")] if at else []
+    switch = pop_option("--switch")  # after these epochs the round goes on with another reward model (a later refit)
+    switch = {int(e): d for e, d in (item.split(":", 1) for item in switch.split(","))} if switch else {}
+    targets = pop_option("--targets")  # the UNet modules the round's LoRA adapts (default: rlcm.lora.TARGETS)
+    if targets:
+        targets = targets.split(",")
         import rlcm.lora
         rlcm.lora.TARGETS = targets  # read when the trainer adds its LoRA
-    init, warmup = None, 0
-    if "--init" in sys.argv:  # start from an earlier round's served-adapter.safetensors, as a chained round does
-        i = sys.argv.index("--init")
-        init = sys.argv[i + 1]
-        del sys.argv[i:i + 2]
-    if "--warmup" in sys.argv:  # learning-rate warm-up epochs (the studio's round_lr_warmup for chained rounds)
-        i = sys.argv.index("--warmup")
-        warmup = int(sys.argv[i + 1])
-        del sys.argv[i:i + 2]
+    init = pop_option("--init")  # an earlier round's served-adapter.safetensors to start from, as a chained round does
+    warmup = int(pop_option("--warmup") or 0)  # learning-rate warm-up epochs (the studio's round_lr_warmup)
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8

@@ -163,9 +163,9 @@ class StudioSettings:
     # RLCM_ROUND_EVAL_PROMPTS: held-out prompts (1 seed) of a round's keeper evaluations. The keeper hands over an
     # epoch a standard error above -2 points of fidelity: about -0.7 on 128 images, -1.0 on 256. A chained
     # big_centred round won 0.86-0.88 at -0.4 to -1.0 points after 4 epochs, and at 128 none of tables 28b, 30 and
-    # 32f8 handed one over (RESULTS, "why big_centred's chained rounds lose prompt fidelity"). At 256, round 1 came
-    # 9-14 s later and one live-loop run per learnable taste served more at 300 labels (RESULTS, "the keeper on 256
-    # prompts", runs/s37)
+    # 32f8 handed one over (RESULTS, "why big_centred's chained rounds lose prompt fidelity"). At 256, round 1's
+    # training stage took 14-22 s longer, and in one live-loop run per learnable taste the mean served win rate at
+    # 300 labels went from 0.716 to 0.748 (RESULTS, "the keeper on 256 prompts", runs/s37)
     round_eval_prompts: int = 256
     # toy prompt set: new held-out prompts (x2 seeds, drawn anew for each round) on which a finished round's
     # fidelity is confirmed against the base before it is promoted (studio.checks.confirm_reason); 0: off. It looks
