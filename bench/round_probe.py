@@ -8,11 +8,13 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
     python bench/round_probe.py RM_DIR rel 0.25 12 --switch 3:RM_25,6:RM_40  # reward model refitted mid-round
     python bench/round_probe.py RM_DIR rel 0.25 12 --targets to_k,to_q,to_v,to_out.0,conv_out  # other LoRA modules
+    python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --steps 2 --clip 0.2  # 2 optimiser steps per epoch, PPO clip
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --init ADAPTER --warmup 4  # a chained round (also
         # measured before its first epoch: the earlier round's own win and fidelity on the same images)
 
 RM_DIR is an exported reward model (a studio's data_dir/reward_models/<version>); the round is the studio's
-round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch, no evaluation),
+round recipe (rlcm.trainer.RLCMTrainer, 4 images per prompt, one optimiser step per epoch unless --steps, no
+evaluation; each epoch's reward, clip fraction and gradient norm go to stderr),
 then 32 held-out prompts x 2 seeds are judged by the `warm_colours` rater, tuned against base (ties half),
 and scored for prompt fidelity, which is also measured on the studio's confirmation set (studio.checks,
 128 new prompts x 2 seeds). Prints one JSON line. A probe for choosing defaults, not a studio benchmark.
@@ -72,6 +74,8 @@ def main() -> None:
         rlcm.lora.TARGETS = targets  # read when the trainer adds its LoRA
     init = pop_option("--init")  # an earlier round's served-adapter.safetensors to start from, as a chained round does
     warmup = int(pop_option("--warmup") or 0)  # learning-rate warm-up epochs (the studio's round_lr_warmup)
+    opt_steps = int(pop_option("--steps") or 1)  # optimiser steps per epoch (RLCMConfig.optimizer_steps_per_epoch)
+    clip = float(pop_option("--clip") or RLCMConfig.clip_range)  # PPO ratio clip (RLCMConfig.clip_range)
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
@@ -81,6 +85,7 @@ def main() -> None:
     rm = reward_model.load(rm_dir)
     tag = "_switch" + "-".join(f"{e}" for e in sorted(switch)) if switch else ""
     tag += "_targets-" + "-".join(targets) if targets else ""
+    tag += f"_steps{opt_steps}_clip{clip}" if (opt_steps, clip) != (1, RLCMConfig.clip_range) else ""
     tag += f"_init-{Path(init).parent.parent.parent.name}-{Path(init).parent.name}_w{warmup}" if init else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
     gen = ServedGenerator(StudioSettings(data_dir=work / "studio"))
@@ -95,7 +100,7 @@ def main() -> None:
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
                      checkpoint_every=10**6, lr=lr, kl_coef=kl, kl_units=kl_units, init_lora=init,
-                     lr_warmup_epochs=warmup)
+                     lr_warmup_epochs=warmup, optimizer_steps_per_epoch=opt_steps, clip_range=clip)
     prompts = [p for p in get_prompts("toy", "heldout", 32, seed=1)[:32] for _ in (0, 1)]
     seeds = [20_000 + i for i in range(len(prompts))]
     base = gen.generate(prompts, seeds, version=BASE)[0]
@@ -123,6 +128,7 @@ def main() -> None:
                                                      sorted(base_attrs) if a not in ("score", "all_correct")},
                           "switch": {e: Path(d).name for e, d in sorted(switch.items())},
                           "lora_targets": targets or "default", "init": init, "warmup": warmup,
+                          "optimizer_steps_per_epoch": opt_steps, "clip_range": clip,
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)
@@ -131,6 +137,8 @@ def main() -> None:
     trainer.callbacks.append(lambda e: measure(trainer, e["epoch"]) if e["type"] == "epoch" and e["epoch"] in at
                              and e["epoch"] < epochs else None)
 
+    trainer.callbacks.append(lambda e: print(json.dumps({k: round(e[k], 5) for k in ("epoch", "reward_mean", "clipfrac",
+                             "approx_kl", "grad_norm") if k in e}), file=sys.stderr) if e["type"] == "epoch" else None)
     trainer.callbacks.append(lambda e: trainer.set_reward_fn(guarded(reward_model.load(switch[e["epoch"]])))
                              if e["type"] == "epoch" and e["epoch"] in switch else None)
     trainer.train()
