@@ -8,6 +8,7 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
     python bench/round_probe.py RM_DIR rel 0.25 12 --switch 3:RM_25,6:RM_40  # reward model refitted mid-round
     python bench/round_probe.py RM_DIR rel 0.25 12 --targets to_k,to_q,to_v,to_out.0,conv_out  # other LoRA modules
+    python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --swap 0.1  # plus the swap hinge (rlcm.rewards.swap_hinge)
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --steps 2 --clip 0.2  # 2 optimiser steps per epoch, PPO clip
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --init ADAPTER --warmup 4  # a chained round (also
         # measured before its first epoch: the earlier round's own win and fidelity on the same images)
@@ -76,6 +77,7 @@ def main() -> None:
     warmup = int(pop_option("--warmup") or 0)  # learning-rate warm-up epochs (the studio's round_lr_warmup)
     opt_steps = int(pop_option("--steps") or 1)  # optimiser steps per epoch (RLCMConfig.optimizer_steps_per_epoch)
     clip = float(pop_option("--clip") or RLCMConfig.clip_range)  # PPO ratio clip (RLCMConfig.clip_range)
+    swap = float(pop_option("--swap") or 0.0)  # weight of the swap hinge (rlcm.rewards.swap_hinge; absolute)
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
@@ -85,6 +87,7 @@ def main() -> None:
     rm = reward_model.load(rm_dir)
     tag = "_switch" + "-".join(f"{e}" for e in sorted(switch)) if switch else ""
     tag += "_targets-" + "-".join(targets) if targets else ""
+    tag += f"_swap{swap}" if swap else ""
     tag += f"_steps{opt_steps}_clip{clip}" if (opt_steps, clip) != (1, RLCMConfig.clip_range) else ""
     tag += f"_init-{Path(init).parent.parent.parent.name}-{Path(init).parent.name}_w{warmup}" if init else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
@@ -93,7 +96,7 @@ def main() -> None:
 
     def guarded(rm):
         score = lambda im, p: rm.score(im, list(p)).cpu().numpy().astype(np.float32)  # noqa: E731
-        return with_alignment_guard(score, rm.clip, k, pairs=pairs)
+        return with_alignment_guard(score, rm.clip, k, pairs=pairs, swap_weight=swap)
 
     scorer = guarded(rm)
     cfg = RLCMConfig(model="toy-lcm", reward="preference", prompt_set="toy", num_steps=4, guidance_scale=8.0,
@@ -117,7 +120,7 @@ def main() -> None:
         confirm_images = trainer.sample_images(cp, cs)
         confirmed = checks.fidelity_change(base_confirm, checks.image_fidelity(confirm_images, cp), cp)
         attrs = fidelity(confirm_images, cp)  # which requested attributes it lost (or gained), in points
-        print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k,
+        print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k, "swap_weight": swap,
                           "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epoch,
                           "lr": lr, "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3),
                           "n": len(wins), "kl_coef": kl, "kl_units": kl_units,

@@ -247,6 +247,7 @@ class RoundRunner:
             if swaps:  # the keeper's evaluations, all after training, used the last reward model
                 rm_metrics = {k: swaps[-1].get(k) for k in RM_KEYS}
             result = {"reward_model": rm_metrics, "guard_weight": getattr(trainer.reward_fn, "guard_weight", 0.0),
+                      "swap_weight": getattr(trainer.reward_fn, "swap_weight", 0.0),
                       "epochs": trainer.epoch, "epoch_served": handed.get("epoch", trainer.epoch),
                       "train_seconds": trainer.train_seconds, "reward_before": before, "reward_after": after}
             if swaps:
@@ -271,7 +272,7 @@ class RoundRunner:
 
         return with_alignment_guard(
             lambda images, prompts: rm.score(images, list(prompts)).cpu().numpy().astype(np.float32),
-            rm.clip, self.settings.alignment_guard, pairs=self._recent_pairs())
+            rm.clip, self.settings.alignment_guard, pairs=self._recent_pairs(), swap_weight=self.settings.swap_guard)
 
     def _maybe_refit(self, e: dict, trainer, rid: int, fitted_at: int, refits: list[dict]) -> None:
         """Trainer callback: after an epoch, once `round_rm_refresh` labels arrived since the round's reward model

@@ -783,9 +783,11 @@ class Studio:
         rec = gate.record(self.store.comparisons(between=(version, BASE)), version, BASE)
         rm = self.rounds.reward_model
         s = self.settings
-        guard = (row.get("metrics") or {}).get("guard_weight")  # the absolute weight the round trained with
+        metrics = row.get("metrics") or {}
+        guard, swap = metrics.get("guard_weight"), metrics.get("swap_weight")  # the absolute weights it trained with
         reward = (f"preference reward model {row.get('reward_model_version') or (rm.version if rm else '?')}"
-                  + (f" + {guard:.3g} x CLIP prompt alignment (x100)" if guard else ""))
+                  + (f" + {guard:.3g} x CLIP prompt alignment (x100)" if guard else "")
+                  + (f" + {swap:.3g} x CLIP swap hinge (x100; rlcm.rewards.swap_hinge)" if swap else ""))
         from rlcm.paths import toy_model_name
 
         base = toy_model_name(s.model) or s.model

@@ -29,6 +29,7 @@ RANGES: dict[str, tuple[type, float, float]] = {
     # rounds
     "round_epochs": (int, 1, 1000),
     "alignment_guard": (float, 0.0, 100.0),
+    "swap_guard": (float, 0.0, 100.0),
     "kl_coef": (float, 0.0, 1000.0),
     "round_prompts": (int, 1, 256),
     "round_lr": (float, 1e-6, 1e-1),
@@ -151,6 +152,11 @@ class StudioSettings:
     # (rlcm.rewards.relative_weight). Toy, warm_colours, 30 labels: an absolute 0.2 outweighed the reward
     # model 2:1 and the round won 0.51 under the oracle; relative 0.25: 0.65, fidelity +1.0 pts (RESULTS, Round probe)
     alignment_guard: float = 0.25
+    # RLCM_SWAP_GUARD: rounds also add this x rlcm.rewards.swap_hinge (absolute): a penalty, zero unless a
+    # one-word change of the prompt ("small" -> "large", one colour for another) fits the image better. The plain
+    # guard above rewards what the prompt leaves open too, so a taste for bigger objects outbids it on "small"
+    # prompts (RESULTS, "Round probe: a swap hinge in the alignment guard"); 0: off
+    swap_guard: float = 0.0
     kl_coef: float = 0.0  # RLCM_KL: per-step KL anchor to the base model in rounds (RLCMConfig.kl_coef)
     kl_units: str = "action"  # RLCM_KL_UNITS: action | x0 (RLCMConfig.kl_units)
     # RLCM_ROUND_PROMPTS: prompts per RLCM epoch (x4 images each; one optimiser step per epoch). A larger batch
@@ -233,6 +239,7 @@ class StudioSettings:
             rating=_env("RLCM_RATING", cls.rating), prompt_set=_env("RLCM_PROMPTS", cls.prompt_set),
             steps=_env("RLCM_STEPS", cls.steps, int), guidance=_env("RLCM_GUIDANCE", cls.guidance, float),
             alignment_guard=_env("RLCM_ALIGNMENT_GUARD", cls.alignment_guard, float),
+            swap_guard=_env("RLCM_SWAP_GUARD", cls.swap_guard, float),
             kl_coef=_env("RLCM_KL", cls.kl_coef, float), kl_units=_env("RLCM_KL_UNITS", cls.kl_units),
             round_epochs=_env("RLCM_ROUND_EPOCHS", cls.round_epochs, int),
             round_lr=_env("RLCM_ROUND_LR", cls.round_lr, float),

@@ -121,6 +121,37 @@ def test_a_relative_guard_is_scaled_to_the_rewards_within_pair_spread(toy_clip_p
                            rtol=1e-4, atol=1e-4)
 
 
+def test_prompt_variants_swap_one_attribute_word_at_a_time():
+    from rlcm.rewards import prompt_variants
+
+    groups = prompt_variants("an orange star on a plain black background")
+    assert [len(g) for g in groups] == [7, 3, 7]  # object colour, shape, background colour: one group each
+    assert "a red star on a plain black background" in groups[0]  # the article follows the new word
+    assert "an orange star on a plain white background" in groups[2]
+    assert all("orange" in v for v in groups[2]) and all("black" in v for v in groups[0])
+    assert prompt_variants("a small dog") == [["a large dog"]] and prompt_variants("a dog") == []
+
+
+def test_the_swap_hinge_penalises_only_an_image_a_swapped_prompt_fits_better(toy_clip_path):
+    """A small object on a "small" prompt costs nothing; a large one is penalised, and the same large object
+    costs nothing on a "large" prompt or one that names no size. With a weight, the guarded reward is the reward
+    plus weight x the hinge."""
+    from rlcm.clip import load_clip
+    from rlcm.rewards import swap_hinge, with_alignment_guard
+
+    clip = load_clip(toy_clip_path)
+    imgs = [world.render(world.Scene((world.Obj("circle", "red", "small", side, 32.0, 32.0),), "blue", "plain", 0))
+            for side in (16, 40)]
+    hinge = swap_hinge(clip)
+    small = hinge(imgs, ["a small red circle on a plain blue background"] * 2)
+    assert small[0] == 0 and small[1] < -5
+    assert (hinge(imgs[1:], ["a large red circle on a plain blue background"]) == 0).all()
+    assert (hinge(imgs[1:], ["a red circle on a plain blue background"]) == 0).all()
+    reward = lambda ims, ps: np.ones(len(ims), np.float32)  # noqa: E731
+    guarded = with_alignment_guard(reward, clip, 0.0, swap_weight=0.5)
+    assert np.allclose(guarded(imgs, ["a small red circle on a plain blue background"] * 2), 1 + 0.5 * small, atol=1e-4)
+
+
 def test_preference_takes_a_loaded_reward_function(clip, tmp_path):
     """`RewardModel.as_reward_fn()` plugs into `preference` (alone or in a sum); a path is refused with the recipe,
     and the CLI's `learned_reward` loads an exported model from its path."""

@@ -112,6 +112,11 @@ def test_environment_values_are_checked_with_the_variable_named(env):
         StudioSettings.from_env()
     env.setenv("RLCM_ROUND_EVAL_PROMPTS", "64")
     assert StudioSettings.from_env().round_eval_prompts == 64
+    env.setenv("RLCM_SWAP_GUARD", "-0.1")  # a negative weight would reward images that break the prompt
+    with pytest.raises(ValueError, match="swap_guard"):
+        StudioSettings.from_env()
+    env.setenv("RLCM_SWAP_GUARD", "0.3")
+    assert StudioSettings.from_env().swap_guard == 0.3
 
 
 def test_a_rounds_batch_always_divides_its_epoch():
