@@ -4,7 +4,9 @@
 
 Base-model images of N held-out toy prompts that request a size ("small"/"large"); each image is scored against
 its prompt and against the prompt with the size word swapped. Prints how often the own prompt scores higher, over
-all images and split by the toy checker's verdict on the image's size. A probe, not a studio benchmark.
+all images and split by the toy checker's verdict on the image's size. Then rendered toy scenes (40 random
+objects, centred) at object sides 12-40 px on "small", "large" and size-less prompts: the guard's plain CLIP
+score and the swap hinge (rlcm.rewards.swap_hinge), both x100, mean by side. A probe, not a studio benchmark.
 """
 import os
 import sys
@@ -18,6 +20,8 @@ import numpy as np  # noqa: E402
 
 from rlcm.clip import load_clip  # noqa: E402
 from rlcm.prompts import get_prompts  # noqa: E402
+from rlcm.rewards import swap_hinge  # noqa: E402
+from rlcm.toy import world  # noqa: E402
 from rlcm.toy.checker import check  # noqa: E402
 from studio.serving import BASE, ServedGenerator  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
@@ -35,3 +39,18 @@ print(f"own prompt above the size-swapped one: {(margin > 0).mean():.0%} (mean m
 for name, sel in (("right size", right), ("wrong size", ~right)):
     if sel.any():
         print(f"  {name} ({sel.sum()}): {(margin[sel] > 0).mean():.0%} (mean margin {margin[sel].mean():.3f})")
+
+hinge, rng = swap_hinge(clip), np.random.default_rng(0)
+sides = range(12, 44, 4)
+print("rendered objects; plain CLIP score / swap hinge (x100) by object side, px:")
+for word in ("small ", "large ", ""):
+    rows = []
+    for k in range(40):
+        color, bg = rng.choice(list(world.COLORS), 2, replace=False)
+        shape, style = rng.choice(world.SHAPES), rng.choice(world.STYLES)
+        p = f"a {word}{color} {shape} on a {style} {bg} background"
+        imgs = [world.render(world.Scene((world.Obj(shape, color, "small", side, 32.0, 32.0),), bg, style, k))
+                for side in sides]
+        rows.append([100 * np.asarray(clip.score(imgs, [p] * len(imgs))), hinge(imgs, [p] * len(imgs))])
+    plain, hin = np.mean(rows, 0)
+    print(f"  {word or 'no size '!s:7}" + " ".join(f"{s}:{a:.0f}/{b:.0f}" for s, a, b in zip(sides, plain, hin)))
