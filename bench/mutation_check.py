@@ -51,6 +51,8 @@ class Mutant:
     what: str  # the bug, in words
 
 
+SWAP_HINGE = "tests/test_rewards.py::test_the_swap_hinge_penalises_only_an_image_a_swapped_prompt_fits_better"
+
 MUTANTS = [
     Mutant("logprob_sum", "rlcm/policy.py", "return lp.mean(dim=tuple(range(1, lp.ndim)))",
            "return lp.sum(dim=tuple(range(1, lp.ndim)))", (MATH,),
@@ -133,6 +135,10 @@ MUTANTS = [
            "the warm-up renders the base on the confirmation set of the round after next"),
     Mutant("warm_up_while_training", "studio/runtime.py", "if self.rounds.running or self._stop.is_set():",
            "if self._stop.is_set():", (WARM_UP,), "the warm-up goes on rendering while a round trains"),
+    Mutant("swap_hinge_sign", "rlcm/rewards.py", "min(0.0, s[0] - s[lo:hi].max())", "max(0.0, s[0] - s[lo:hi].max())",
+           (SWAP_HINGE,), "swap hinge rewards an image for fitting its prompt instead of penalising a better swap"),
+    Mutant("swap_hinge_mean", "rlcm/rewards.py", "min(0.0, s[0] - s[lo:hi].max())", "min(0.0, s[0] - s[lo:hi].mean())",
+           (SWAP_HINGE,), "swap hinge against the mean of a word's swaps instead of the best one"),
 ]
 
 

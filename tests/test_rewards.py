@@ -147,6 +147,8 @@ def test_the_swap_hinge_penalises_only_an_image_a_swapped_prompt_fits_better(toy
     assert small[0] == 0 and small[1] < -5
     assert (hinge(imgs[1:], ["a large red circle on a plain blue background"]) == 0).all()
     assert (hinge(imgs[1:], ["a red circle on a plain blue background"]) == 0).all()
+    # the wrong colour is penalised: "red" fits better than the requested "orange", though the average swap doesn't
+    assert hinge(imgs[:1], ["a small orange circle on a plain blue background"])[0] < -2
     reward = lambda ims, ps: np.ones(len(ims), np.float32)  # noqa: E731
     guarded = with_alignment_guard(reward, clip, 0.0, swap_weight=0.5)
     assert np.allclose(guarded(imgs, ["a small red circle on a plain blue background"] * 2), 1 + 0.5 * small, atol=1e-4)
