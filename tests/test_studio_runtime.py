@@ -157,7 +157,7 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     assert studio.settings.round_epochs == 2
     assert studio.update_settings(4, 8.0, 2, 0, alignment_guard=0.05, kl_coef=0.01)["kl_coef"] == 0.01
     studio.settings.kl_units = "x0"
-    studio.settings.swap_guard = 0.2
+    studio.settings.swap_guard = 0.3
     studio.start_round("admin", force=True)  # the round runs with the guards and the KL anchor
     p = wait_round(studio)
     assert p["state"] == "done" and p["verdict"] == "candidate", (p.get("verdict_reason"), p.get("result"))
@@ -170,7 +170,7 @@ def test_restart_restores_database_active_lora_and_compare(tmp_path):
     assert lrs == [studio.settings.round_lr] * 2  # from the base: no warm-up (A's first gradient is zero)
     assert json.loads((tmp_path / "rounds" / "1" / "config.json").read_text())["kl_units"] == "x0"
     assert studio.store.get_round(1)["metrics"]["guard_weight"] > 0  # relative 0.05, scaled on the rated pairs
-    assert studio.store.get_round(1)["metrics"]["swap_weight"] == 0.2  # absolute
+    assert studio.store.get_round(1)["metrics"]["swap_weight"] == 0.3  # absolute
     version, rm_version = studio.generator.version, studio.rounds.reward_model.version
     served = np.asarray(studio.generator.generate(["a blue star"], [9])[0][0])
     counts = studio.store.counts()
