@@ -7,7 +7,6 @@ thread while the next batch is sampled.
 from __future__ import annotations
 
 import io
-import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -54,31 +53,34 @@ def _clip_score(model) -> RewardFn:
     return lambda images, prompts: (100 * model.score(images, list(prompts))).cpu().numpy().astype(np.float32)
 
 
-# Words a prompt asks for that a swap turns into another request: each occurrence in a prompt is contrasted with
-# the rest of its group. English attributes, so real prompts have them too; the toy world's sizes, colours and
-# shapes are among them.
-CONTRAST_GROUPS: tuple[tuple[str, ...], ...] = (
+# Words a prompt asks for that a swap turns into another request: each occurrence in a prompt is swapped for the
+# rest of its group. English attributes, so real prompts have them too; the toy world's sizes, colours and shapes
+# are among them.
+SWAP_GROUPS: tuple[tuple[str, ...], ...] = (
     ("small", "large"),
     ("red", "orange", "yellow", "green", "blue", "purple", "white", "black"),
     ("circle", "square", "triangle", "star"),
 )
 
 
-def prompt_variants(prompt: str, groups=CONTRAST_GROUPS) -> list[list[str]]:
-    """For each attribute word in `prompt`, the prompt with that word swapped for each other word of its group
-    (articles fixed: "an orange" -> "a red"); one list per occurrence."""
+def prompt_variants(prompt: str, groups=SWAP_GROUPS) -> list[list[str]]:
+    """For each attribute word in `prompt`, the prompt with that word swapped for each other word of its group,
+    its article fixed ("an orange star" -> "a red star") and trailing punctuation kept; one list per occurrence."""
     words = prompt.split(" ")
     out = []
-    for i, w in enumerate(words):
-        group = next((g for g in groups if w.lower() in g), None)
+    for i, word in enumerate(words):
+        core = word.rstrip(".,;:!?")
+        group = next((g for g in groups if core.lower() in g), None)
         if group is None:
             continue
         variants = []
         for other in group:
-            if other != w.lower():
-                text = " ".join(words[:i] + [other] + words[i + 1:])
-                variants.append(re.sub(r"\b([Aa])n? (\w)", lambda m: m[1] + ("n " if m[2] in "aeiou" else " ") + m[2],
-                                       text))
+            if other == core.lower():
+                continue
+            new = words[:i] + [other + word[len(core):]] + words[i + 1:]
+            if i and new[i - 1].lower() in ("a", "an"):  # the article before the swapped word
+                new[i - 1] = new[i - 1][0] + ("n" if other[0] in "aeiou" else "")
+            variants.append(" ".join(new))
         out.append(variants)
     return out
 

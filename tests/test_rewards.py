@@ -130,6 +130,7 @@ def test_prompt_variants_swap_one_attribute_word_at_a_time():
     assert "an orange star on a plain white background" in groups[2]
     assert all("orange" in v for v in groups[2]) and all("black" in v for v in groups[0])
     assert prompt_variants("a small dog") == [["a large dog"]] and prompt_variants("a dog") == []
+    assert prompt_variants("An apple, red.")[0][:2] == ["An apple, orange.", "An apple, yellow."]  # only the word
 
 
 def test_the_swap_hinge_penalises_only_an_image_a_swapped_prompt_fits_better(toy_clip_path):
