@@ -120,8 +120,9 @@ def main() -> None:
         confirm_images = trainer.sample_images(cp, cs)
         confirmed = checks.fidelity_change(base_confirm, checks.image_fidelity(confirm_images, cp), cp)
         attrs = fidelity(confirm_images, cp)  # which requested attributes it lost (or gained), in points
-        print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k, "swap_weight": swap,
-                          "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4), "epochs": epoch,
+        print(json.dumps({"reward_model": Path(rm_dir).name, "oracle": oracle.__name__, "guard": mode, "weight": k,
+                          "swap_weight": swap, "guard_weight": round(float(getattr(scorer, "guard_weight", k)), 4),
+                          "epochs": epoch,
                           "lr": lr, "prompts_per_epoch": per_epoch, "win": round(float(np.mean(wins)), 3),
                           "n": len(wins), "kl_coef": kl, "kl_units": kl_units,
                           "fidelity_change_points": round(100 * (ft - fb), 1),
