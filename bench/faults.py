@@ -475,7 +475,7 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
     # 4. admin endpoints without the password
     tally.kind = "admin endpoints without the password"
     admin_calls = {"/export_data": (), "/generate": ("a stranger's prompt", 1), "/import_preferences": ("/etc/hosts",),
-                   "/save_settings": (3, 5.0, 2, 0, 0.1, 0.0, 0.5), "/activate": ("base",),
+                   "/save_settings": (3, 5.0, 2, 0, 0.1, 0.0, 0.5, 0.2), "/activate": ("base",),
                    "/start_round": (True,), "/cancel_round": (), "/reject_candidate": (), "/fit_reward_model": ()}
     for endpoint, args in admin_calls.items():
         for pw in ("", "wrong", APP_PASSWORD.upper(), APP_PASSWORD + " "):
@@ -503,7 +503,7 @@ def app_attacks(studio, demo, client, tally: Tally, upload_mb: int) -> dict:
     state_ok = app_state(studio) == before
     # 6. hostile settings, as the admin (validation, not the password, must stop them)
     tally.kind = "NaN, inf, huge, negative settings (raw JSON)"
-    valid = [3, 5.0, 2, 0, 0.1, 0.0, 0.5]
+    valid = [3, 5.0, 2, 0, 0.1, 0.0, 0.5, 0.2]
     for i in range(len(valid)):
         for bad in (float("nan"), float("inf"), -float("inf"), 1e300, -1e300, -1, 2**63):
             values = valid[:i] + [bad] + valid[i + 1:]

@@ -103,6 +103,11 @@ def main() -> None:
             verdict = row.get("verdict") or (row["status"] if row["status"] in ("failed", "cancelled") else None)
             time.sleep(0.5)
         round_s = time.time() - t_start
+        # a candidate's later confirmation looks render on trial, in the round's thread: the next round can
+        # start only once they are done (and they may still reject it)
+        while studio.rounds.running and time.time() < deadline:
+            time.sleep(0.5)
+        verdict = studio.store.get_round(rid).get("verdict") or verdict
         if verdict == "candidate":
             cand, served = studio.generator.candidate, studio.generator.version
             studio.start_round(by="bench", force=True)  # trains ahead from the candidate while it is on trial

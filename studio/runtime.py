@@ -816,10 +816,11 @@ class Studio:
 
     def update_settings(self, steps: int, guidance: float, round_epochs: int, auto_round_every: int,
                         alignment_guard: float | None = None, kl_coef: float | None = None,
-                        ab_fraction: float | None = None) -> dict:
+                        ab_fraction: float | None = None, swap_guard: float | None = None) -> dict:
         """Change the editable settings all at once or not at all (each finite and in range); they persist."""
         values = dict(steps=steps, guidance=guidance, round_epochs=round_epochs, auto_round_every=auto_round_every,
-                      alignment_guard=alignment_guard, kl_coef=kl_coef, ab_fraction=ab_fraction)
+                      alignment_guard=alignment_guard, kl_coef=kl_coef, ab_fraction=ab_fraction,
+                      swap_guard=swap_guard)
         self.settings.update(**{k: v for k, v in values.items() if v is not None})
         self.settings.save()
         self.queue.ab_fraction = self.settings.ab_fraction

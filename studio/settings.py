@@ -16,7 +16,8 @@ from .gate import GateRule
 ROUND_IMAGES_PER_PROMPT = 4  # images sampled per prompt in a round: per-prompt advantages compare these
 SETTINGS_FILE = "settings.json"  # under data_dir: the admin's edits, which outlive a restart
 # what an admin may change while the studio runs (the Settings tab and its API); these persist
-EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef", "ab_fraction")
+EDITABLE = ("steps", "guidance", "round_epochs", "auto_round_every", "alignment_guard", "kl_coef", "ab_fraction",
+            "swap_guard")
 # every numeric setting: (int or float, lowest, highest), both ends allowed
 RANGES: dict[str, tuple[type, float, float]] = {
     # backups
