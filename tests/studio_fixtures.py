@@ -9,6 +9,8 @@ import pytest
 from .conftest import MODELS
 
 PASSWORD = "s3cret-admin"
+# valid values of save_settings' inputs after the password, in studio.settings.EDITABLE order
+SETTINGS_ARGS = (3, 5.0, 2, 0, 0.1, 0.0, 0.5, 0.2)
 # the tests' rounds: 2 epochs at a third of the default step size, evaluated on 16 prompts, so a round changes the
 # images (the candidate differs from the base) while its fidelity stays within the keeper's 2 points on any thread
 # count or pair order. No confirmation on new prompts: on a test-sized set (32 images, standard error ~2 points)

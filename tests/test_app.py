@@ -6,7 +6,7 @@ import uuid
 import pytest
 from gradio_client import Client
 
-from .studio_fixtures import PASSWORD, label_pairs, launch_studio, vote
+from .studio_fixtures import PASSWORD, SETTINGS_ARGS, label_pairs, launch_studio, vote
 
 pytestmark = pytest.mark.heavy
 
@@ -83,7 +83,7 @@ def test_malformed_upload_is_refused(app, tmp_path):
 
 @pytest.mark.parametrize("endpoint, args", [
     ("/start_round", (True,)), ("/cancel_round", ()), ("/reject_candidate", ()), ("/activate", ("base",)),
-    ("/save_settings", (3, 5.0, 2, 0, 0.1, 0.0, 0.5, 0.2)), ("/fit_reward_model", ()), ("/export_data", ()),
+    ("/save_settings", SETTINGS_ARGS), ("/fit_reward_model", ()), ("/export_data", ()),
     ("/generate", ("a red circle", 1)),
 ])
 def test_admin_endpoints_refuse_non_admins(app, endpoint, args):

@@ -19,7 +19,7 @@ import pytest
 from gradio_client import Client
 
 from .conftest import MODELS, ROOT
-from .studio_fixtures import PASSWORD, launch_studio
+from .studio_fixtures import PASSWORD, SETTINGS_ARGS, launch_studio
 
 KEEP, QUEUE = 4, 2  # unrated samples kept, pairs queued: small, so that pruning shows within a few calls
 
@@ -178,7 +178,7 @@ def foreign_preferences(tmp_path: Path) -> Path:
 
 
 ADMIN_ONLY = {"/export_data": (), "/generate": ("a stranger's prompt", 1), "/import_preferences": (None,),
-              "/save_settings": (3, 5.0, 2, 0, 0.1, 0.0, 0.5, 0.2), "/activate": ("base",), "/start_round": (True,),
+              "/save_settings": SETTINGS_ARGS, "/activate": ("base",), "/start_round": (True,),
               "/reject_candidate": ()}
 
 
@@ -231,7 +231,7 @@ def test_no_server_path_in_public_output(app):
                "/compare": client.predict(api_name="/compare"), "first_pair": hidden(client, "first_pair", "", {}),
                "counts": hidden(client, "counts"), "reward view": hidden(client, "view"), "train": refresh[:3],
                "vote error": refused(client, "dave", "no-such-a", "no-such-b", "a", "c-1", None, api_name="/vote"),
-               "settings error": refused(client, PASSWORD, 99, 5.0, 2, 0, 0.1, 0.0, 0.5, 0.2, api_name="/save_settings")}
+               "settings error": refused(client, PASSWORD, 99, *SETTINGS_ARGS[1:], api_name="/save_settings")}
     d = studio.settings.data_dir
     for secret in {str(d), str(d.resolve()), str(ROOT), str(MODELS)}:
         for what, out in outputs.items():
@@ -333,7 +333,7 @@ def test_a_user_mistake_is_one_log_line(app, caplog, capfd):
     with caplog.at_level(logging.WARNING, logger="rlcm.studio"):
         refused(client, "", p["a"], p["b"], "a", str(uuid.uuid4()), None, api_name="/vote", match="name")
         refused(client, "wrong", api_name="/export_data", match="admin")
-        assert raw_call(studio_url, "save_settings", PASSWORD, 3, math.nan, 2, 0, 0.1, 0.0, 0.5, 0.2)[0] == "error"
+        assert raw_call(studio_url, "save_settings", PASSWORD, 3, math.nan, *SETTINGS_ARGS[2:])[0] == "error"
     lines = [r.getMessage() for r in caplog.records if r.name == "rlcm.studio"]
     assert len(lines) == 3 and all("user error" in m and "\n" not in m for m in lines), lines
     out = capfd.readouterr()
