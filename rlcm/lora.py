@@ -38,6 +38,19 @@ def save_lora(pipe_cls, unet, lora_config, directory: str | Path, adapter_name: 
     return directory
 
 
+def lora_digest(unet, adapter_name: str = "default") -> str:
+    """sha256 of the LoRA's weights (names, dtypes, shapes and values): equal exactly when the adapters are, as
+    after `save_lora_state` and `load_lora_file`."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(lora_state(unet, adapter_name).items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_lora_state(unet, path: str | Path, adapter_name: str = "default") -> Path:
     """Write the peft-format LoRA state (`lora_state`) to one safetensors file: what `load_lora_file` and
     `RLCMConfig.init_lora` read (the trainer's checkpoints, a round's saved epochs, a served adapter)."""

@@ -94,6 +94,9 @@ class RLCMConfig:
     eval_every: int = 5  # epochs between held-out evaluations (0: never)
     eval_prompts: int = 32
     eval_seeds: int = 1
+    # the held-out prompts' draw (None: seed + 1). Fixed across a studio's rounds, their evaluations are of the same
+    # images, so one round's renders of the base and of its handed-over epoch serve the next (studio.rounds)
+    eval_prompt_seed: int | None = None
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
     output_dir: str = "runs/rlcm"
@@ -201,7 +204,8 @@ class RLCMTrainer:
         self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
         self.train_prompts = get_prompts(cfg.prompt_set, "train", cfg.train_prompts if cfg.prompt_set == "toy"
                                          else None, seed=cfg.seed)
-        self.eval_prompt_list = get_prompts(cfg.prompt_set, "heldout", cfg.eval_prompts, seed=cfg.seed + 1)
+        draw = cfg.seed + 1 if cfg.eval_prompt_seed is None else cfg.eval_prompt_seed
+        self.eval_prompt_list = get_prompts(cfg.prompt_set, "heldout", cfg.eval_prompts, seed=draw)
         self.eval_prompt_list = self.eval_prompt_list[: cfg.eval_prompts]
         self.epoch = 0
         self.history: list[dict] = []
@@ -236,13 +240,22 @@ class RLCMTrainer:
         self.reward_fn = reward_fn
         self.stats = PerPromptStatTracker(self.cfg.stat_buffer_size, self.cfg.stat_min_count)
 
-    def evaluate(self, base: bool = False) -> dict:
-        """Mean reward (and toy fidelity) on held-out prompts with fixed seeds; of the base model (adapters
-        disabled) with `base`."""
+    def render_eval(self, base: bool = False) -> list:
+        """The images `evaluate` scores: the held-out prompts with their fixed seeds, of the current weights (of the
+        base model, adapters disabled, with `base`)."""
         prompts, seeds = self.eval_set()
         self.unet.eval()
         with self.base_model() if base else contextlib.nullcontext():
-            images = self.sample_images(prompts, seeds)
+            return self.sample_images(prompts, seeds)
+
+    def evaluate(self, base: bool = False, images: list | None = None) -> dict:
+        """Mean reward (and toy fidelity) on held-out prompts with fixed seeds; of the base model (adapters
+        disabled) with `base`. `images`: `render_eval`'s images, already rendered (they are only scored)."""
+        prompts, _ = self.eval_set()
+        if images is None:
+            images = self.render_eval(base)
+        elif len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} evaluation prompts")
         rewards = self.reward_fn(images, prompts)
         res = {"eval_reward_mean": float(np.mean(rewards)), "eval_reward_std": float(np.std(rewards))}
         if self.cfg.prompt_set == "toy":

@@ -82,6 +82,7 @@ class RoundRunner:
         self.progress: dict = {"state": "idle"}
         self.reward_model = None  # the latest fitted or imported reward model
         self.reward_model_labels = 0  # labels in the store when it was fitted (a running round refits after more)
+        self.eval_renders = EvalRenders()  # the keepers' evaluation images, shared by the rounds of this studio
 
     # ------------------------------------------------------------ control
 
@@ -222,7 +223,7 @@ class RoundRunner:
             cfg = resume_config(round_config(s, out, rid, init if init and Path(init).exists() else None))
             self._set(epochs=cfg.epochs)
             trainer = RLCMTrainer(cfg, reward_fn=self._scorer(rm), callbacks=[self._on_event])
-            keeper = FidelityKeeper(trainer, out / "lora-kept", keep_every(cfg.epochs))
+            keeper = FidelityKeeper(trainer, out / "lora-kept", keep_every(cfg.epochs), self.eval_renders)
             refits: list[dict] = []  # the round's refits: {"epoch", "labels", "version", "used", model metrics}
             fitted_at = self.reward_model_labels
             trainer.callbacks += [keeper, lambda e: self._maybe_refit(e, trainer, rid, fitted_at, refits)]
@@ -255,7 +256,7 @@ class RoundRunner:
                                              for r in swaps]
             if ev and "eval_fidelity" in ev[0]:
                 result.update(fidelity_before=ev[0]["eval_fidelity"], fidelity_after=handed["eval_fidelity"],
-                              fidelity_base=keeper.base)
+                              fidelity_base=keeper.base, eval_renders_reused=keeper.reused)
             self.store.update_round(rid, status="done", lora_path=str(out / "lora"), metrics=result)
             self._set(state="checking", result=result)
             reason = checks.reject_reason(trainer.history, out / "lora", result)
@@ -347,8 +348,8 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
         prompts_per_epoch=s.round_prompts, images_per_prompt=ROUND_IMAGES_PER_PROMPT,
         sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
         # no evaluation while training: the keeper evaluates its saved epochs after it, from the last back
-        eval_every=0, eval_prompts=s.round_eval_prompts, output_dir=str(out), seed=seed,
-        init_lora=init_lora, device=device, checkpoint_every=2,
+        eval_every=0, eval_prompts=s.round_eval_prompts, eval_prompt_seed=EVAL_PROMPT_SEED, output_dir=str(out),
+        seed=seed, init_lora=init_lora, device=device, checkpoint_every=2,
         mixed_precision="fp16" if device.startswith("cuda") else "no",
         kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr, lr_warmup_epochs=s.round_lr_warmup if init_lora else 0)
 
@@ -356,6 +357,45 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
 def keep_every(epochs: int) -> int:
     """Epochs between the LoRAs a round's keeper saves (its candidates: 4 of them, the last epoch one)."""
     return max(1, epochs // 4)
+
+
+class EvalRenders:
+    """The images of a round's held-out evaluation, kept for the next rounds: the base model's, and each evaluated
+    epoch's, under the digest of its LoRA weights. Rounds evaluate the same prompts and seeds (`EVAL_PROMPT_SEED`),
+    so a round from the served version finds its start (the handed-over epoch of the round it comes from) and the
+    base already rendered, and only scores them under its own reward model: two of a chained round's three
+    evaluations were renders of images the studio had made before (RESULTS, "Keeper renders"). The newest
+    `size` sets are kept (on a real model a set of 256 images at 512 px is about 200 MB)."""
+
+    def __init__(self, size: int = 3):
+        self.size, self.sets, self.hits, self.misses = size, {}, 0, 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def key(trainer, weights: str) -> str:
+        """`weights` ("base" or a LoRA digest) with what else decides the images: model, sampler and the prompts."""
+        c = trainer.cfg
+        prompts, seeds = trainer.eval_set()
+        return json.dumps([weights, c.model, c.lcm_lora, c.num_steps, c.guidance_scale, c.sample_batch_size,
+                           c.mixed_precision, str(trainer.policy.device), str(trainer.policy.dtype), prompts, seeds])
+
+    def get(self, key: str) -> list | None:
+        with self.lock:
+            images = self.sets.pop(key, None)
+            if images is not None:
+                self.sets[key] = images  # the newest again
+            self.hits, self.misses = self.hits + (images is not None), self.misses + (images is None)
+            return images
+
+    def put(self, key: str, images: list) -> None:
+        with self.lock:
+            self.sets.pop(key, None)
+            self.sets[key] = images
+            while len(self.sets) > self.size:
+                self.sets.pop(next(iter(self.sets)))
+
+
+EVAL_PROMPT_SEED = 1  # every round's keeper evaluates the same held-out draw (EvalRenders)
 
 
 class FidelityKeeper:
@@ -377,8 +417,10 @@ class FidelityKeeper:
 
     NOTE = "kept.json"
 
-    def __init__(self, trainer, directory: Path, every: int):
+    def __init__(self, trainer, directory: Path, every: int, renders: EvalRenders | None = None):
         self.trainer, self.directory, self.every = trainer, Path(directory), every
+        self.renders = renders if renders is not None else EvalRenders(size=0)
+        self.reused = 0  # evaluations scored on images an earlier round rendered
         note = self.directory / self.NOTE  # a resumed round remembers what it kept
         self.kept = json.loads(note.read_text()) if note.is_file() else None
         self.base: float | None = None  # the base model's fidelity on the round's evaluation prompts
@@ -431,9 +473,23 @@ class FidelityKeeper:
                  if (d / "adapter.safetensors").is_file()]
         return sorted((e for e in found if e <= self.trainer.epoch), reverse=True)
 
-    def _evaluate(self, epoch: int) -> dict:
-        """Evaluate the trainer's current weights as `epoch`'s: the values go into that epoch's history row."""
-        res = self.trainer.evaluate()
+    def _render(self, base: bool = False) -> list:
+        """The evaluation images of the current weights (of the base with `base`), rendered or from `renders`."""
+        from rlcm.lora import lora_digest
+
+        key = EvalRenders.key(self.trainer, "base" if base else lora_digest(self._unet()))
+        images = self.renders.get(key)
+        if images is None:
+            images = self.trainer.render_eval(base)
+            self.renders.put(key, images)
+        else:
+            self.reused += 1
+        return images
+
+    def _evaluate(self, epoch: int, base: bool = False) -> dict:
+        """Evaluate the trainer's current weights (the base's with `base`) as `epoch`'s: the values go into that
+        epoch's history row."""
+        res = self.trainer.evaluate(images=self._render(base))
         row = next((r for r in self.trainer.history if r["epoch"] == epoch), None)
         if row is None:  # epoch 0: a round's trainer logs no row before its first epoch
             row = {"epoch": 0, "time": 0.0, "reward_queries": 0}
@@ -456,10 +512,9 @@ class FidelityKeeper:
 
             load_lora_file(self._unet(), t.cfg.init_lora)
             start = self._evaluate(0)
-            base = t.evaluate(base=True) if "eval_fidelity" in start else start
+            base = t.evaluate(images=self._render(base=True)) if "eval_fidelity" in start else start
         else:  # a round from the base starts as the base (zero LoRA): one evaluation is both
-            with t.base_model():
-                start = base = self._evaluate(0)
+            start = base = self._evaluate(0, base=True)
         self.base, self.base_images = base.get("eval_fidelity"), base.get("eval_fidelity_images")
         epochs = self._epochs() or [t.epoch]  # a round from before the keeper saved its candidates: the last
         for epoch in epochs:

@@ -203,7 +203,8 @@ def test_the_next_round_starts_from_the_weights_people_were_shown(studio, tmp_pa
     assert served == version
     start = convert_state_dict_to_diffusers(load_file(init))
     want = {k.removeprefix("unet."): v for k, v in load_file(shown / "pytorch_lora_weights.safetensors").items()}
-    assert start.keys() == want.keys() and all(torch.allclose(start[k].float(), want[k].float()) for k in want)
+    # bit for bit: the next round's keeper finds its start's evaluation renders by the digest of these weights
+    assert start.keys() == want.keys() and all(torch.equal(start[k], want[k]) for k in want)
 
 
 def _label_ordinary(studio, n: int) -> None:
@@ -252,7 +253,8 @@ def test_a_round_started_during_a_trial_trains_from_the_candidate_and_waits_for_
     assert row["config"]["init_version"] == parent
     start = convert_state_dict_to_diffusers(load_file(row["config"]["init_lora"]))
     want = {k.removeprefix("unet."): v for k, v in load_file(good / "pytorch_lora_weights.safetensors").items()}
-    assert start.keys() == want.keys() and all(torch.allclose(start[k].float(), want[k].float()) for k in want)
+    # bit for bit: the next round's keeper finds its start's evaluation renders by the digest of these weights
+    assert start.keys() == want.keys() and all(torch.equal(start[k], want[k]) for k in want)
     # trained, it waits: its parent is still on trial, and it is neither a candidate nor shown
     p = _wait_round(studio, lambda p: p.get("waiting_on") is not None)
     assert p["waiting_on"] == parent  # what the live loop reads: this round needs votes, not time
@@ -679,7 +681,8 @@ def test_the_served_lora_exports_for_diffusers_and_pushes_to_its_repos(studio, t
         studio.push("everything", "me/x", api=api)
 
 
-def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None, eval_prompts: int = 8):
+def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None, eval_prompts: int = 8,
+                renders=None):
     """A toy round on a reward that pays for darkness, with a FidelityKeeper saving every epoch, then picking:
     (trainer, keeper, {epoch: the LoRA's peft state after it}, loaded safetensors files in diffusers form)."""
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -697,7 +700,7 @@ def _dark_round(tmp_path, epochs: int, lr: float, init_lora: str | None = None, 
     states = {}
     trainer.callbacks.append(lambda e: e["type"] == "epoch" and states.__setitem__(
         e["epoch"], convert_state_dict_to_diffusers({k: v.detach().clone() for k, v in lora_state(trainer.unet).items()})))
-    keeper = FidelityKeeper(trainer, tmp_path / "kept", every=1)
+    keeper = FidelityKeeper(trainer, tmp_path / "kept", every=1, renders=renders)
     trainer.callbacks.append(keeper)
     trainer.train()
     keeper.select()
@@ -748,6 +751,40 @@ def test_a_round_from_a_served_adapter_is_kept_within_reach_of_the_base_not_of_i
     trainer, keeper, _, _ = _dark_round(tmp_path / "next", epochs=1, lr=1e-4, init_lora=str(served))
     start = trainer.history[0]["eval_fidelity"]
     assert keeper.base == trainer.evaluate(base=True)["eval_fidelity"] > start + checks.KEEP_FIDELITY_DROP / 100
+
+
+def test_a_round_from_the_served_version_scores_its_start_and_the_base_on_the_last_rounds_renders(tmp_path):
+    """Rounds evaluate the same held-out prompts and seeds, so a round from the served adapter finds its start (the
+    epoch the last round handed over) and the base among the studio's renders: its keeper renders only its own
+    epochs, and scores what it found exactly as fresh renders score. Other weights never match a kept render."""
+    from rlcm.lora import save_lora_state
+    from studio.rounds import EvalRenders
+
+    renders = EvalRenders()
+    first, kept1, _, _ = _dark_round(tmp_path / "first", epochs=2, lr=1e-4, renders=renders)
+    assert kept1.kept["epoch"] == 2 and kept1.reused == 0 and (renders.hits, renders.misses) == (0, 2)
+    served = save_lora_state(first.unet, tmp_path / "served-adapter.safetensors")  # the studio's served adapter
+    trainer, keeper, _, _ = _dark_round(tmp_path / "next", epochs=1, lr=1e-4, init_lora=str(served),
+                                        renders=renders)
+    assert keeper.reused == 2 and (renders.hits, renders.misses) == (2, 3)  # start and base found; epoch 1 rendered
+    start = trainer.history[0]
+    # the same weights rendered afresh score the same: the start's row is epoch 2 of the first round, re-scored
+    fresh = _dark_round(tmp_path / "fresh", epochs=1, lr=1e-4, init_lora=str(served))[0]
+    assert start["eval_fidelity_images"] == fresh.history[0]["eval_fidelity_images"]
+    assert start["eval_reward_mean"] == pytest.approx(fresh.history[0]["eval_reward_mean"], abs=1e-6)
+    assert keeper.base_images == fresh.evaluate(base=True)["eval_fidelity_images"]
+    with pytest.raises(ValueError, match="evaluation prompts"):  # images that are not the evaluation's
+        fresh.evaluate(images=fresh.render_eval()[:-1])
+    # a round from weights one step of float32 away from the served ones renders its start: only the base is found
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(served)
+    name = sorted(state)[0]
+    state[name] = torch.nextafter(state[name], torch.full_like(state[name], np.inf))
+    save_file(state, tmp_path / "other.safetensors")
+    third = _dark_round(tmp_path / "third", epochs=1, lr=1e-4, init_lora=str(tmp_path / "other.safetensors"),
+                        renders=renders)[1]
+    assert third.reused == 1 and (renders.hits, renders.misses) == (3, 5) and len(renders.sets) == renders.size
 
 
 def test_a_round_whose_last_epoch_passes_evaluates_twice_and_steps_back_to_half_of_it(tmp_path):
