@@ -364,8 +364,8 @@ class EvalRenders:
     epoch's, under the digest of its LoRA weights. Rounds evaluate the same prompts and seeds (`EVAL_PROMPT_SEED`),
     so a round from the served version finds its start (the handed-over epoch of the round it comes from) and the
     base already rendered, and only scores them under its own reward model: two of a chained round's three
-    evaluations were renders of images the studio had made before (RESULTS, "Keeper renders"). The newest
-    `size` sets are kept (on a real model a set of 256 images at 512 px is about 200 MB)."""
+    evaluations were renders of images the studio had made before (RESULTS, "Keeper renders"). `size` sets are
+    kept, the base's and the newest versions' (on a real model a set of 256 images at 512 px is about 200 MB)."""
 
     def __init__(self, size: int = 3):
         self.size, self.sets, self.hits, self.misses = size, {}, 0, 0
@@ -391,8 +391,9 @@ class EvalRenders:
         with self.lock:
             self.sets.pop(key, None)
             self.sets[key] = images
-            while len(self.sets) > self.size:
-                self.sets.pop(next(iter(self.sets)))
+            while len(self.sets) > self.size:  # the oldest version's set first: every round needs the base's
+                versions = [k for k in self.sets if not k.startswith('["base"')]
+                self.sets.pop(versions[0] if versions else next(iter(self.sets)))
 
 
 EVAL_PROMPT_SEED = 1  # every round's keeper evaluates the same held-out draw (EvalRenders)

@@ -785,6 +785,13 @@ def test_a_round_from_the_served_version_scores_its_start_and_the_base_on_the_la
     third = _dark_round(tmp_path / "third", epochs=1, lr=1e-4, init_lora=str(tmp_path / "other.safetensors"),
                         renders=renders)[1]
     assert third.reused == 1 and (renders.hits, renders.misses) == (3, 5) and len(renders.sets) == renders.size
+    # full, it drops the oldest version's set, not the base's, which every round scores (a live-loop round from a
+    # step back, an epoch no keeper rendered, once pushed the base out after a round that evaluated two epochs)
+    few = EvalRenders(size=2)
+    key = lambda w: EvalRenders.key(trainer, w)  # noqa: E731
+    for w in ("base", "v1", "v2"):
+        few.put(key(w), [w])
+    assert few.get(key("base")) == ["base"] and few.get(key("v1")) is None and few.get(key("v2")) == ["v2"]
 
 
 def test_a_round_whose_last_epoch_passes_evaluates_twice_and_steps_back_to_half_of_it(tmp_path):
