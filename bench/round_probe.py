@@ -10,6 +10,7 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 12 --targets to_k,to_q,to_v,to_out.0,conv_out  # other LoRA modules
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --swap 0.1  # plus the swap hinge (rlcm.rewards.swap_hinge)
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --steps 2 --clip 0.2  # 2 optimiser steps per epoch, PPO clip
+    python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --pool 256  # 256 distinct training prompts (default 16)
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --init ADAPTER --warmup 4  # a chained round (also
         # measured before its first epoch: the earlier round's own win and fidelity on the same images)
 
@@ -78,6 +79,7 @@ def main() -> None:
     opt_steps = int(pop_option("--steps") or 1)  # optimiser steps per epoch (RLCMConfig.optimizer_steps_per_epoch)
     clip = float(pop_option("--clip") or RLCMConfig.clip_range)  # PPO ratio clip (RLCMConfig.clip_range)
     swap = float(pop_option("--swap") or 0.0)  # weight of the swap hinge (rlcm.rewards.swap_hinge; absolute)
+    pool = int(pop_option("--pool") or RLCMConfig.train_prompts)  # distinct training prompts (RLCMConfig.train_prompts)
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
@@ -88,6 +90,7 @@ def main() -> None:
     tag = "_switch" + "-".join(f"{e}" for e in sorted(switch)) if switch else ""
     tag += "_targets-" + "-".join(targets) if targets else ""
     tag += f"_swap{swap}" if swap else ""
+    tag += f"_pool{pool}" if pool != RLCMConfig.train_prompts else ""
     tag += f"_steps{opt_steps}_clip{clip}" if (opt_steps, clip) != (1, RLCMConfig.clip_range) else ""
     tag += f"_init-{Path(init).parent.parent.parent.name}-{Path(init).parent.name}_w{warmup}" if init else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
@@ -103,7 +106,8 @@ def main() -> None:
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
                      checkpoint_every=10**6, lr=lr, kl_coef=kl, kl_units=kl_units, init_lora=init,
-                     lr_warmup_epochs=warmup, optimizer_steps_per_epoch=opt_steps, clip_range=clip)
+                     lr_warmup_epochs=warmup, optimizer_steps_per_epoch=opt_steps, clip_range=clip,
+                     train_prompts=pool)
     prompts = [p for p in get_prompts("toy", "heldout", 32, seed=1)[:32] for _ in (0, 1)]
     seeds = [20_000 + i for i in range(len(prompts))]
     base = gen.generate(prompts, seeds, version=BASE)[0]
@@ -132,7 +136,7 @@ def main() -> None:
                                                      sorted(base_attrs) if a not in ("score", "all_correct")},
                           "switch": {e: Path(d).name for e, d in sorted(switch.items())},
                           "lora_targets": targets or "default", "init": init, "warmup": warmup,
-                          "optimizer_steps_per_epoch": opt_steps, "clip_range": clip,
+                          "optimizer_steps_per_epoch": opt_steps, "clip_range": clip, "train_prompts": pool,
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)

@@ -346,6 +346,7 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
         model=s.model, lcm_lora=s.lcm_lora, reward="preference", prompt_set=s.prompt_set,
         num_steps=s.steps, guidance_scale=s.guidance, epochs=epochs,
         prompts_per_epoch=s.round_prompts, images_per_prompt=ROUND_IMAGES_PER_PROMPT,
+        train_prompts=s.round_train_prompts,
         sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
         # no evaluation while training: the keeper evaluates its saved epochs after it, from the last back
         eval_every=0, eval_prompts=s.round_eval_prompts, eval_prompt_seed=EVAL_PROMPT_SEED, output_dir=str(out),

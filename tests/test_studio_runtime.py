@@ -288,6 +288,21 @@ def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     assert (base.epochs, chained.epochs) == (12, 8)
     assert (base.eval_every, chained.eval_every) == (0, 0)  # the keeper evaluates after training
     assert (keep_every(base.epochs), keep_every(chained.epochs)) == (3, 2)  # 4 saved candidate epochs
+
+
+def test_a_round_draws_its_prompts_from_round_train_prompts_distinct_training_prompts(tmp_path):
+    """A round samples its prompts from a pool of `round_train_prompts` distinct training prompts, none of them held
+    out (16, the trainer's default, taught a taste that reached held-out prompts little)."""
+    from rlcm.prompts import get_prompts
+    from rlcm.trainer import RLCMTrainer
+    from studio.rounds import round_config
+
+    s = StudioSettings(data_dir=tmp_path, round_train_prompts=200, model=str(MODELS / "toy-lcm"))
+    trainer = RLCMTrainer(round_config(s, tmp_path / "r1", 1, None), reward_fn=lambda im, p: np.zeros(len(im)))
+    pool = trainer.train_prompts
+    assert len(pool) == len(set(pool)) == 200 and not set(pool) & set(get_prompts("toy", "heldout", 465))
+    with pytest.raises(ValueError, match="round_train_prompts"):
+        StudioSettings(data_dir=tmp_path, round_train_prompts=0).validate()
     with pytest.raises(ValueError, match="round_epochs_base_factor"):
         StudioSettings(data_dir=tmp_path, round_epochs_base_factor=0).validate()
     with pytest.raises(ValueError, match="round_lr_warmup"):
