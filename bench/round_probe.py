@@ -10,7 +10,8 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 12 --targets to_k,to_q,to_v,to_out.0,conv_out  # other LoRA modules
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --swap 0.1  # plus the swap hinge (rlcm.rewards.swap_hinge)
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --steps 2 --clip 0.2  # 2 optimiser steps per epoch, PPO clip
-    python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --pool 256  # 256 distinct training prompts (default 16)
+    python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --pool 256 --seed 2  # 256 distinct training prompts
+        # (default 16); another seed: other training prompts and sampling noise (default 1)
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --init ADAPTER --warmup 4  # a chained round (also
         # measured before its first epoch: the earlier round's own win and fidelity on the same images)
 
@@ -80,6 +81,7 @@ def main() -> None:
     clip = float(pop_option("--clip") or RLCMConfig.clip_range)  # PPO ratio clip (RLCMConfig.clip_range)
     swap = float(pop_option("--swap") or 0.0)  # weight of the swap hinge (rlcm.rewards.swap_hinge; absolute)
     pool = int(pop_option("--pool") or RLCMConfig.train_prompts)  # distinct training prompts (RLCMConfig.train_prompts)
+    seed = int(pop_option("--seed") or 1)  # the round's seed: its training prompts and sampling noise
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
     per_epoch = int(sys.argv[6]) if len(sys.argv) > 6 else 8
@@ -91,6 +93,7 @@ def main() -> None:
     tag += "_targets-" + "-".join(targets) if targets else ""
     tag += f"_swap{swap}" if swap else ""
     tag += f"_pool{pool}" if pool != RLCMConfig.train_prompts else ""
+    tag += f"_seed{seed}" if seed != 1 else ""
     tag += f"_steps{opt_steps}_clip{clip}" if (opt_steps, clip) != (1, RLCMConfig.clip_range) else ""
     tag += f"_init-{Path(init).parent.parent.parent.name}-{Path(init).parent.name}_w{warmup}" if init else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
@@ -104,7 +107,7 @@ def main() -> None:
     scorer = guarded(rm)
     cfg = RLCMConfig(model="toy-lcm", reward="preference", prompt_set="toy", num_steps=4, guidance_scale=8.0,
                      epochs=epochs, prompts_per_epoch=per_epoch, images_per_prompt=4, sample_batch_size=16,
-                     train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=1,
+                     train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=seed,
                      checkpoint_every=10**6, lr=lr, kl_coef=kl, kl_units=kl_units, init_lora=init,
                      lr_warmup_epochs=warmup, optimizer_steps_per_epoch=opt_steps, clip_range=clip,
                      train_prompts=pool)
@@ -136,7 +139,7 @@ def main() -> None:
                                                      sorted(base_attrs) if a not in ("score", "all_correct")},
                           "switch": {e: Path(d).name for e, d in sorted(switch.items())},
                           "lora_targets": targets or "default", "init": init, "warmup": warmup,
-                          "optimizer_steps_per_epoch": opt_steps, "clip_range": clip, "train_prompts": pool,
+                          "optimizer_steps_per_epoch": opt_steps, "clip_range": clip, "train_prompts": pool, "seed": seed,
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)
