@@ -174,9 +174,9 @@ class StudioSettings:
     round_prompts: int = 16
     # RLCM_ROUND_TRAIN_PROMPTS: distinct toy prompts a round draws its round_prompts per epoch from (a real prompt set
     # is used whole). With 16, as before, a round's 8 epochs saw each prompt 8 times and its taste reached held-out
-    # prompts little; with 256, the same compute and reward models won more on 64 held-out images and kept more
-    # fidelity (bench/round_probe.py --pool: big_centred 10 pairs 0.531 -> 0.805, warm_colours 15 pairs 0.602 ->
-    # 0.688; RESULTS, "Round probe: distinct training prompts")
+    # prompts less: over 7 seeded round 1s (bench/round_probe.py --pool --seed and the live loop's), 256 won 0.667
+    # against 0.591 on 512 held-out images with 3.1 points more fidelity; one of the 7 went the other way by 0.18
+    # (RESULTS, "Round probe: distinct training prompts")
     round_train_prompts: int = 256
     # RLCM_ROUND_EVAL_PROMPTS: held-out prompts (1 seed) of a round's keeper evaluations. The keeper hands over an
     # epoch a standard error above -2 points of fidelity: about -0.7 on 128 images, -1.0 on 256. A chained
