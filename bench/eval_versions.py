@@ -2,9 +2,12 @@
 the served one (`live_loop.evaluate`: held-out prompts x 2 seeds, ties half, paired fidelity change).
 
     python bench/eval_versions.py runs/s39/h2-warm_colours warm_colours round-1 round-2 round-3 --eval-prompts 128
+    python bench/eval_versions.py runs/s40/tp-big_centred big_centred runs/round_probe/NAME/round/lora  # a LoRA dir
 
-The studio directory is copied first: activating a version there would change which one the run serves.
-Prints one JSON line per version; writes nothing to bench/RESULTS.md.
+A version is a version name of the studio or a LoRA directory in diffusers form (a round's `lora/`, a
+round_probe's `round/lora`), served from the studio's generator. The studio directory is copied first:
+activating a version there would change which one the run serves. Prints one JSON line per version; writes
+nothing to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("work_dir", type=Path, help="a live loop's --work-dir (the studio's data directory)")
     ap.add_argument("oracle", help="rater: file.py:function, module:function or a shipped name")
-    ap.add_argument("versions", nargs="+", help="version names, e.g. round-2")
+    ap.add_argument("versions", nargs="+", help="version names (e.g. round-2) or LoRA directories (diffusers form)")
     ap.add_argument("--eval-prompts", type=int, default=512, help="held-out prompts (each with 2 seeds)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -41,7 +44,10 @@ def main() -> None:
     try:
         oracle = load_rater(args.oracle)
         for v in args.versions:
-            studio.activate(v, by="bench")
+            if Path(v).is_dir():  # a LoRA directory, served under its path
+                studio.generator.activate(v, v)
+            else:
+                studio.activate(v, by="bench")
             r = evaluate(studio, oracle, args.eval_prompts, args.seed)
             print(json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in r.items()}), flush=True)
     finally:
