@@ -139,7 +139,8 @@ def main() -> None:
                                                      sorted(base_attrs) if a not in ("score", "all_correct")},
                           "switch": {e: Path(d).name for e, d in sorted(switch.items())},
                           "lora_targets": targets or "default", "init": init, "warmup": warmup,
-                          "optimizer_steps_per_epoch": opt_steps, "clip_range": clip, "train_prompts": pool, "seed": seed,
+                          "optimizer_steps_per_epoch": opt_steps, "clip_range": clip,
+                          "train_prompts": pool, "seed": seed,
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)

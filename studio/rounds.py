@@ -373,14 +373,14 @@ class EvalRenders:
         self.lock = threading.Lock()
 
     @staticmethod
-    def key(trainer, weights: str) -> str:
+    def key(trainer, weights: str) -> tuple:
         """`weights` ("base" or a LoRA digest) with what else decides the images: model, sampler and the prompts."""
         c = trainer.cfg
         prompts, seeds = trainer.eval_set()
-        return json.dumps([weights, c.model, c.lcm_lora, c.num_steps, c.guidance_scale, c.sample_batch_size,
-                           c.mixed_precision, str(trainer.policy.device), str(trainer.policy.dtype), prompts, seeds])
+        return (weights, c.model, c.lcm_lora, c.num_steps, c.guidance_scale, c.sample_batch_size, c.mixed_precision,
+                str(trainer.policy.device), str(trainer.policy.dtype), tuple(prompts), tuple(seeds))
 
-    def get(self, key: str) -> list | None:
+    def get(self, key: tuple) -> list | None:
         with self.lock:
             images = self.sets.pop(key, None)
             if images is not None:
@@ -388,12 +388,12 @@ class EvalRenders:
             self.hits, self.misses = self.hits + (images is not None), self.misses + (images is None)
             return images
 
-    def put(self, key: str, images: list) -> None:
+    def put(self, key: tuple, images: list) -> None:
         with self.lock:
             self.sets.pop(key, None)
             self.sets[key] = images
             while len(self.sets) > self.size:  # the oldest version's set first: every round needs the base's
-                versions = [k for k in self.sets if not k.startswith('["base"')]
+                versions = [k for k in self.sets if k[0] != "base"]
                 self.sets.pop(versions[0] if versions else next(iter(self.sets)))
 
 
