@@ -6,10 +6,12 @@ epochs and the step size move the oracle's win rate over the base and the toy pr
     python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1  # ... and a KL anchor to the base (kl_coef)
     python bench/round_probe.py RM_DIR rel 0.25 24 3e-3 8 0.1 x0  # ... in x0 units (RLCMConfig.kl_units)
     python bench/round_probe.py RM_DIR rel 0.25 24 --at 6,12,18  # also measured after these epochs
+    python bench/round_probe.py RM_DIR rel 0.25 16 --save-at 8,12  # LoRA also saved after these (round/lora-e8 ...)
     python bench/round_probe.py RM_DIR rel 0.25 12 --switch 3:RM_25,6:RM_40  # reward model refitted mid-round
     python bench/round_probe.py RM_DIR rel 0.25 12 --targets to_k,to_q,to_v,to_out.0,conv_out  # other LoRA modules
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --swap 0.1  # plus the swap hinge (rlcm.rewards.swap_hinge)
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --steps 2 --clip 0.2  # 2 optimiser steps per epoch, PPO clip
+    python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --adv-scale batch  # advantages on the batch's scale
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --pool 256 --seed 2  # 256 distinct training prompts
         # (default 16); another seed: other training prompts and sampling noise (default 1)
     python bench/round_probe.py RM_DIR rel 0.25 8 3e-3 16 --init ADAPTER --warmup 4  # a chained round (also
@@ -68,6 +70,8 @@ def pop_option(name: str) -> str | None:
 def main() -> None:
     at = pop_option("--at")  # epochs before the last at which the round is measured too (one JSON line each)
     at = [int(e) for e in at.split(",")] if at else []
+    save_at = pop_option("--save-at")  # epochs after which the LoRA is saved too, for bench/eval_versions.py
+    save_at = [int(e) for e in save_at.split(",")] if save_at else []
     switch = pop_option("--switch")  # after these epochs the round goes on with another reward model (a later refit)
     switch = {int(e): d for e, d in (item.split(":", 1) for item in switch.split(","))} if switch else {}
     targets = pop_option("--targets")  # the UNet modules the round's LoRA adapts (default: rlcm.lora.TARGETS)
@@ -81,6 +85,7 @@ def main() -> None:
     clip = float(pop_option("--clip") or RLCMConfig.clip_range)  # PPO ratio clip (RLCMConfig.clip_range)
     swap = float(pop_option("--swap") or 0.0)  # weight of the swap hinge (rlcm.rewards.swap_hinge; absolute)
     pool = int(pop_option("--pool") or RLCMConfig.train_prompts)  # distinct training prompts (RLCMConfig.train_prompts)
+    adv_scale = pop_option("--adv-scale") or RLCMConfig.adv_scale  # advantages scaled per prompt or per batch
     seed = int(pop_option("--seed") or 1)  # the round's seed: its training prompts and sampling noise
     rm_dir, mode, k, epochs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 3e-3
@@ -94,6 +99,7 @@ def main() -> None:
     tag += f"_swap{swap}" if swap else ""
     tag += f"_pool{pool}" if pool != RLCMConfig.train_prompts else ""
     tag += f"_seed{seed}" if seed != 1 else ""
+    tag += f"_adv-{adv_scale}" if adv_scale != RLCMConfig.adv_scale else ""
     tag += f"_steps{opt_steps}_clip{clip}" if (opt_steps, clip) != (1, RLCMConfig.clip_range) else ""
     tag += f"_init-{Path(init).parent.parent.parent.name}-{Path(init).parent.name}_w{warmup}" if init else ""
     work = Path(f"runs/round_probe/{Path(rm_dir).name}_{mode}_{k}_{epochs}_{lr}_{per_epoch}_{kl}_{kl_units}{tag}")
@@ -110,7 +116,7 @@ def main() -> None:
                      train_batch_size=16, eval_every=0, output_dir=str(work / "round"), seed=seed,
                      checkpoint_every=10**6, lr=lr, kl_coef=kl, kl_units=kl_units, init_lora=init,
                      lr_warmup_epochs=warmup, optimizer_steps_per_epoch=opt_steps, clip_range=clip,
-                     train_prompts=pool)
+                     train_prompts=pool, adv_scale=adv_scale)
     prompts = [p for p in get_prompts("toy", "heldout", 32, seed=1)[:32] for _ in (0, 1)]
     seeds = [20_000 + i for i in range(len(prompts))]
     base = gen.generate(prompts, seeds, version=BASE)[0]
@@ -140,7 +146,7 @@ def main() -> None:
                           "switch": {e: Path(d).name for e, d in sorted(switch.items())},
                           "lora_targets": targets or "default", "init": init, "warmup": warmup,
                           "optimizer_steps_per_epoch": opt_steps, "clip_range": clip,
-                          "train_prompts": pool, "seed": seed,
+                          "train_prompts": pool, "seed": seed, "adv_scale": adv_scale,
                           "train_s": round(time.time() - t)}), flush=True)
 
     trainer = RLCMTrainer(cfg, reward_fn=scorer)
@@ -149,6 +155,8 @@ def main() -> None:
     trainer.callbacks.append(lambda e: measure(trainer, e["epoch"]) if e["type"] == "epoch" and e["epoch"] in at
                              and e["epoch"] < epochs else None)
 
+    trainer.callbacks.append(lambda e: trainer.save_lora(work / "round" / f"lora-e{e['epoch']}")
+                             if e["type"] == "epoch" and e["epoch"] in save_at else None)
     trainer.callbacks.append(lambda e: print(json.dumps({k: round(e[k], 5) for k in ("epoch", "reward_mean", "clipfrac",
                              "approx_kl", "grad_norm") if k in e}), file=sys.stderr) if e["type"] == "epoch" else None)
     trainer.callbacks.append(lambda e: trainer.set_reward_fn(guarded(reward_model.load(switch[e["epoch"]])))

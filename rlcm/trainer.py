@@ -91,6 +91,7 @@ class RLCMConfig:
     per_prompt_stat_tracking: bool = True
     stat_buffer_size: int = 32
     stat_min_count: int = 4  # >= images_per_prompt: each prompt is normalised by its own rewards from the start
+    adv_scale: str = "prompt"  # advantages divided by each prompt's reward std, or by the batch's (rlcm.stats)
     eval_every: int = 5  # epochs between held-out evaluations (0: never)
     eval_prompts: int = 32
     eval_seeds: int = 1
@@ -201,7 +202,7 @@ class RLCMTrainer:
         self.unet, self.optimizer = acc.prepare(self.pipe.unet, self.optimizer)
         self.params = params
         self.reward_fn = reward_fn or get_reward(cfg.reward, **cfg.reward_kwargs)
-        self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+        self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count, cfg.adv_scale)
         self.train_prompts = get_prompts(cfg.prompt_set, "train", cfg.train_prompts if cfg.prompt_set == "toy"
                                          else None, seed=cfg.seed)
         draw = cfg.seed + 1 if cfg.eval_prompt_seed is None else cfg.eval_prompt_seed
@@ -238,7 +239,8 @@ class RLCMTrainer:
         Each epoch scores its own fresh samples, so the update stays on-policy; the per-prompt statistics start
         over, since the earlier rewards are on the old function's scale."""
         self.reward_fn = reward_fn
-        self.stats = PerPromptStatTracker(self.cfg.stat_buffer_size, self.cfg.stat_min_count)
+        self.stats = PerPromptStatTracker(self.cfg.stat_buffer_size, self.cfg.stat_min_count,
+                                          self.cfg.adv_scale)
 
     def render_eval(self, base: bool = False) -> list:
         """The images `evaluate` scores: the held-out prompts with their fixed seeds, of the current weights (of the

@@ -51,3 +51,23 @@ def test_state_round_trips_and_keeps_the_buffer_size():
     assert np.array_equal(other.update(["x", "y"], new), tracker.update(["x", "y"], new))
     other.update(["x"] * 5, np.arange(5.0))
     assert len(other.state_dict()["x"]) == 3
+
+
+def test_batch_scale_centres_per_prompt_and_weighs_prompts_by_their_spread():
+    prompts = ["flat", "flat", "flat", "flat", "wide", "wide", "wide", "wide"]
+    rewards = np.array([0.0, 0.001, 0.002, 0.003, 1.0, 2.0, 3.0, 4.0])  # "flat": images the reward barely tells apart
+    adv = PerPromptStatTracker(buffer_size=32, min_count=4, scale="batch").update(prompts, rewards)
+    centred = np.concatenate([rewards[:4] - rewards[:4].mean(), rewards[4:] - rewards[4:].mean()])
+    assert np.allclose(adv, centred / np.sqrt(np.mean(centred ** 2)))  # one scale for the batch, unit RMS
+    assert abs(adv[:4].mean()) < 1e-9 and abs(adv[4:].mean()) < 1e-9  # each prompt still centred on its own mean
+    assert np.all(np.diff(adv[:4]) > 0) and np.all(np.diff(adv[4:]) > 0) and adv[4] < 0 < adv[7]
+    assert np.abs(adv[:4]).max() < 0.01 * np.abs(adv[4:]).min()  # the flat prompt hardly pushes
+    per_prompt = PerPromptStatTracker(buffer_size=32, min_count=4).update(prompts, rewards)
+    assert np.allclose(np.abs(per_prompt[:4]), np.abs(per_prompt[4:]), rtol=0.01)  # per-prompt scaling: the same size
+
+
+def test_an_unknown_scale_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="scale"):
+        PerPromptStatTracker(scale="global")
