@@ -132,14 +132,13 @@ class StudioSettings:
     # 0.63 -> 0.96, +2.7 -> -8.4); live loop at 300 labels, 8 epochs: big_centred served 0.66 (24: base, every
     # round rejected), warm_colours 0.80 after 3 promoted rounds (24: 0.81 after 2). RESULTS, "Round length"
     round_epochs: int = 8
-    # RLCM_ROUND_EPOCHS_BASE_FACTOR: a round that starts from the base model trains round_epochs x this. Alone, a
-    # longer one from the base wins more (bench/round_probe.py, 16 prompts per epoch, 64 held-out images: big_centred's
-    # 20-label reward model 0.71 after 8 epochs, 0.89 after 12; its 10-label one 0.63 and 0.77). But in the live loop
-    # (2-core CPU, a label per 2 s) round 1 starts at label 10-20 and 12 epochs trained 140-183 s, until about label
-    # 90: the base was still served at label 100 in 11 of 12 runs of the learnable tastes (tables 28b-31 and four at
-    # 5f9bdb9). With 8 epochs round 1 was served at labels 85-98 in all 4 of their 300-label runs (0.58-0.75 at 100),
-    # with alike results at 300 labels (RESULTS, "every shipped rater with round 1 of 8 epochs", table32f8)
-    round_epochs_base_factor: float = 1.0
+    # RLCM_ROUND_EPOCHS_BASE_FACTOR: a round that starts from the base model trains round_epochs x this. From 16
+    # training prompts 12 epochs kept round 1 training until about label 90 on a 2-core Xeon (the base still served at
+    # label 100 in 11 of 12 runs, tables 28b-31), so it was 1.0. From 256 prompts a round keeps more fidelity, and on
+    # the EPYC 12 epochs train in 77-84 s: six seeded round 1s won 0.733 after 12 epochs against 0.670 after 8 on 512
+    # held-out images (the keeper steps back where fidelity fails), and in the live loop round 1 was served from
+    # labels 71 and 80 (warm_colours 0.844 at 100 labels). RESULTS, "stronger round 1s" and "round 1 of 12 epochs"
+    round_epochs_base_factor: float = 1.5
     # RLCM_ROUND_RM_REFRESH: once this many labels arrived since a running round's reward model was fitted, the
     # round refits it between two epochs and trains the rest on the new one (0: off, the default). Each epoch
     # samples and scores its own images, so the update stays on-policy; only the per-prompt statistics start over.
