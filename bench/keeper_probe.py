@@ -54,7 +54,7 @@ rm = reward_model.load(args.rm_dir)
 work = Path(tempfile.mkdtemp(prefix="keeper_probe_"))
 settings = StudioSettings(data_dir=work / "studio")
 gen = ServedGenerator(settings)
-cfg = round_config(settings, work / "round", seed=1)
+cfg = round_config(settings, work / "round", rid=1)
 if args.epochs:
     cfg.epochs = args.epochs
 cfg.eval_every, cfg.checkpoint_every = 0, 10**6  # measured here instead

@@ -33,7 +33,7 @@ from studio.settings import StudioSettings  # noqa: E402
 
 def time_epochs(batch: int, epochs: int) -> dict:
     s = StudioSettings(round_batch=batch, admin_password="x")
-    cfg = round_config(s, Path(tempfile.mkdtemp(prefix="round-batch-")), seed=1)
+    cfg = round_config(s, Path(tempfile.mkdtemp(prefix="round-batch-")), rid=1)
     trainer = RLCMTrainer(cfg, reward_fn=lambda images, prompts: np.array([warmth(i) for i in images], np.float32))
     rows = []
     for _ in range(epochs + 1):

@@ -336,8 +336,8 @@ def round_epochs(s: StudioSettings, init_lora: str | None = None) -> int:
     return s.round_epochs if init_lora else max(1, round(s.round_epochs * s.round_epochs_base_factor))
 
 
-def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None = None) -> RLCMConfig:
-    """The RLCMConfig of a studio round (`init_lora`: the served adapter it starts from, None for the base)."""
+def round_config(s: StudioSettings, out: Path, rid: int, init_lora: str | None = None) -> RLCMConfig:
+    """The RLCMConfig of round `rid` (`init_lora`: the served adapter it starts from, None for the base)."""
     from rlcm.trainer import RLCMConfig
 
     device = pick_device(s.device)  # as the served pipeline decides it: unset on a CUDA machine is CUDA
@@ -350,7 +350,7 @@ def round_config(s: StudioSettings, out: Path, seed: int, init_lora: str | None 
         sample_batch_size=s.round_batch_size, train_batch_size=s.round_batch_size,
         # no evaluation while training: the keeper evaluates its saved epochs after it, from the last back
         eval_every=0, eval_prompts=s.round_eval_prompts, eval_prompt_seed=EVAL_PROMPT_SEED, output_dir=str(out),
-        seed=seed, init_lora=init_lora, device=device, checkpoint_every=2,
+        seed=rid + 1000 * s.round_seed, init_lora=init_lora, device=device, checkpoint_every=2,
         mixed_precision="fp16" if device.startswith("cuda") else "no",
         kl_coef=s.kl_coef, kl_units=s.kl_units, lr=s.round_lr, lr_warmup_epochs=s.round_lr_warmup if init_lora else 0)
 

@@ -290,6 +290,21 @@ def test_only_rounds_from_an_earlier_lora_warm_their_learning_rate_up(tmp_path):
     assert (keep_every(base.epochs), keep_every(chained.epochs)) == (3, 2)  # 4 saved candidate epochs
 
 
+def test_round_seed_gives_a_round_other_training_prompts_and_keeps_rounds_apart(tmp_path):
+    """A round's seed is its number (+ 1000 x round_seed): rounds of one studio differ, and a studio with another
+    round_seed trains its round 1 on other prompts (a live-loop replicate that is a new draw of round 1)."""
+    from rlcm.prompts import get_prompts
+    from studio.rounds import round_config
+
+    default, other = StudioSettings(data_dir=tmp_path), StudioSettings(data_dir=tmp_path, round_seed=3)
+    seeds = [round_config(s, tmp_path / f"r{rid}", rid).seed for s in (default, other) for rid in (1, 2)]
+    assert seeds == [1, 2, 3001, 3002]
+    pools = [get_prompts("toy", "train", 256, seed=round_config(s, tmp_path / "r1", 1).seed) for s in (default, other)]
+    assert set(pools[0]) != set(pools[1])
+    with pytest.raises(ValueError, match="round_seed"):
+        StudioSettings(data_dir=tmp_path, round_seed=-1).validate()
+
+
 def test_a_round_draws_its_prompts_from_round_train_prompts_distinct_training_prompts(tmp_path):
     """A round samples its prompts from a pool of `round_train_prompts` distinct training prompts, none of them held
     out (16, the trainer's default, taught a taste that reached held-out prompts little)."""
