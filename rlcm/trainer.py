@@ -91,8 +91,8 @@ class RLCMConfig:
     per_prompt_stat_tracking: bool = True
     stat_buffer_size: int = 32
     stat_min_count: int = 4  # >= images_per_prompt: each prompt is normalised by its own rewards from the start
-    # advantages divided by each prompt's reward std, or by the batch's (rlcm.stats); "batch" won less in round probes, its
-    # rounds learnt the alignment guard rather than the taste (bench/RESULTS.md, "stronger round 1s")
+    # advantages divided by each prompt's reward std, or by the batch's (rlcm.stats); "batch" won less in round
+    # probes, its rounds learnt the alignment guard rather than the taste (bench/RESULTS.md, "stronger round 1s")
     adv_scale: str = "prompt"
     eval_every: int = 5  # epochs between held-out evaluations (0: never)
     eval_prompts: int = 32
